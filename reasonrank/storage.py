@@ -1,0 +1,71 @@
+"""Storage paths that are local folders or s3:// / gs:// URIs, through fsspec.
+
+Checkpoints, datasets and job outputs live under such a path so that a rerun on new (spot) nodes finds
+what the previous attempt wrote and resumes instead of restarting.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import IO, Any
+
+import fsspec
+
+
+def join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def filesystem(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    fs, _, (root,) = fsspec.get_fs_token_paths(path)
+    return fs, root
+
+
+def makedirs(path: str) -> None:
+    fs, root = filesystem(path)
+    fs.makedirs(root, exist_ok=True)
+
+
+def exists(path: str) -> bool:
+    fs, root = filesystem(path)
+    return fs.exists(root)
+
+
+def listdir(path: str) -> list[str]:
+    """Names (not paths) of the entries under `path`, sorted; empty when it does not exist."""
+    fs, root = filesystem(path)
+    if not fs.exists(root):
+        return []
+    return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False))
+
+
+def open_file(path: str, mode: str = "r") -> IO[Any]:
+    return fsspec.open(path, mode).open()
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Write, then rename into place, so a reader (or a resumed job) never sees a half-written file."""
+    fs, root = filesystem(path)
+    fs.makedirs(root.rsplit("/", 1)[0], exist_ok=True)
+    tmp = root + ".tmp"
+    with fs.open(tmp, "w") as f:
+        f.write(text)
+    fs.mv(tmp, root)
+
+
+def read_jsonl(path: str) -> Iterator[dict[str, Any]]:
+    with open_file(path) as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
+
+
+def write_jsonl_atomic(path: str, records: list[dict[str, Any]]) -> None:
+    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def put_file(local_path: str, path: str) -> None:
+    """Copy a local file to `path` (a no-op when `path` is that same local file)."""
+    fs, root = filesystem(path)
+    fs.makedirs(root.rsplit("/", 1)[0], exist_ok=True)
+    fs.put_file(local_path, root)

@@ -1,0 +1,18 @@
+"""Ranking strategies. Each lives in its own module and registers itself by `name`."""
+from reasonrank.strategies.base import EngineCall, RankingStrategy, rerank
+from reasonrank.strategies.one_shot import OneShot
+from reasonrank.strategies.sliding_window import SlidingWindow, window_spans
+
+STRATEGIES: dict[str, type[RankingStrategy]] = {s.name: s for s in (SlidingWindow, OneShot)}
+
+
+def build_strategy(name: str, **options) -> RankingStrategy:
+    try:
+        cls = STRATEGIES[name]
+    except KeyError:
+        raise ValueError(f"unknown strategy {name!r}; known: {sorted(STRATEGIES)}") from None
+    return cls(**options)
+
+
+__all__ = ["EngineCall", "RankingStrategy", "rerank", "OneShot", "SlidingWindow", "window_spans",
+           "STRATEGIES", "build_strategy"]

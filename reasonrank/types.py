@@ -1,0 +1,63 @@
+"""The domain's nouns: queries, candidate passages, rankings.
+
+Plain frozen dataclasses so they pickle cheaply through Ray and carry no framework.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Query:
+    qid: str
+    text: str
+    domain: str = ""
+    answer: str | None = None  # gold answer where the source has one (used by the teacher)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    docid: str
+    text: str
+    score: float = 0.0  # first-stage score
+
+
+@dataclass(frozen=True)
+class RerankRequest:
+    """One query with its first-stage candidates, best first."""
+
+    query: Query
+    candidates: tuple[Candidate, ...]
+
+    @staticmethod
+    def of(query: Query, candidates: list[Candidate]) -> "RerankRequest":
+        return RerankRequest(query, tuple(candidates))
+
+
+@dataclass
+class WindowLog:
+    """What one engine call over one window cost and produced (the per-window log)."""
+
+    qid: str
+    strategy: str
+    start: int
+    end: int
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    well_formed: bool
+    finish_reason: str = ""
+    response: str = ""
+
+
+@dataclass
+class RankedList:
+    """A reranked list: candidates best first, and the windows that produced it."""
+
+    qid: str
+    candidates: list[Candidate]
+    windows: list[WindowLog] = field(default_factory=list)
+
+    @property
+    def docids(self) -> list[str]:
+        return [c.docid for c in self.candidates]

@@ -1,0 +1,47 @@
+"""Configs: YAML validated into typed models, errors that name the wrong key; every shipped config loads."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from reasonrank.config import ConfigError, load_config
+from jobs.evaluate import EvaluateConfig
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def test_misspelled_key_is_named(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("strategy:\n  window_sise: 20\n")
+    with pytest.raises(ConfigError, match=r"strategy\.window_sise"):
+        load_config(p, EvaluateConfig)
+
+
+def test_wrong_type_is_named(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("sampling:\n  max_new_tokens: lots\n")
+    with pytest.raises(ConfigError, match=r"sampling\.max_new_tokens"):
+        load_config(p, EvaluateConfig)
+
+
+def test_not_a_mapping_and_missing_file(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(p, EvaluateConfig)
+    with pytest.raises(ConfigError, match="no such config"):
+        load_config(tmp_path / "absent.yaml", EvaluateConfig)
+
+
+def test_dotted_overrides_apply_before_validation(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("strategy:\n  window_size: 20\n")
+    cfg = load_config(p, EvaluateConfig, {"strategy.step": 5, "engine.model": "m"})
+    assert (cfg.strategy.window_size, cfg.strategy.step, cfg.engine.model) == (20, 5, "m")
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("evaluate-*.yaml")), ids=lambda p: p.name)
+def test_shipped_evaluate_configs_load(path):
+    cfg = load_config(path, EvaluateConfig)
+    assert cfg.strategy.build() is not None
