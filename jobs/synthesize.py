@@ -1,0 +1,278 @@
+"""Synthesize teacher-labelled training data: queries + candidates → labels → filter → SFT and RL sets.
+
+    python -m jobs.synthesize --config configs/synthesize-demo.yaml [--set teacher.engine.max_retries=8]
+
+Per query, the top `list_size` candidates become pointwise items (is this passage relevant? the teacher
+sees the gold answer when there is one) and one listwise item (reason, then rank the list). Ray Data
+sends the items through a pool of TeacherLabeler actors, each keeping many requests in flight to the
+teacher (any OpenAI-compatible endpoint; DeepSeek-R1 in the paper). Labels are written as parts under
+`<output_dir>/labels/` as they come; items that keep failing go to `<output_dir>/errors/` with the reason.
+A rerun (after a crash, a kill, or to retry failures) labels only what is not labelled yet: item keys are
+stable, so each item ends labelled exactly once. Then the self-consistency filter keeps a list when the
+teacher's ranking scores NDCG@10 >= alpha against its own pointwise labels.
+
+Outputs under `output_dir`: labels/ (raw: full responses and reasoning), pointwise.parquet,
+listwise.parquet, filter.parquet (score and state per query), sft.parquet, rl.parquet, errors.parquet,
+summary.json and filter_by_domain.png.
+
+With `teacher.simulated: true` the job starts the simulated teacher — a test double for DeepSeek-R1 that
+answers from the dataset's qrels — on loopback, for local runs without the internet. The API key of a
+real teacher is read from the environment variable `teacher.engine.api_key_env` in every labeler actor
+(on Kubernetes: a Secret in the pods' environment); it is never written to a config or a log.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import Field, model_validator
+
+from jobs.common import init_ray, main
+from reasonrank import storage
+from reasonrank.config import ConfigError, DataConfig, EngineConfig, SamplingConfig, Strict, load_config
+from reasonrank.data.dataset import RetrievalDataset
+from reasonrank.data.tables import write_records
+from reasonrank.prompt import PassageTruncator
+from reasonrank.teacher.assemble import STATES, Assembly, assemble, outstanding_errors
+from reasonrank.teacher.consistency import DEFAULT_ALPHA, ConsistencyFilter
+from reasonrank.teacher.items import LabelItem, teacher_items
+from reasonrank.teacher.labeling import ERROR_SCHEMA, LABEL_SCHEMA
+from reasonrank.teacher.simulated import SimulatedTeacher, SimulationConfig
+from reasonrank.teacher.store import PartStore
+
+log = logging.getLogger("jobs.synthesize")
+
+
+class TeacherConfig(Strict):
+    # Rate limits and max_concurrency here are for the whole job; the labelers share them out.
+    engine: EngineConfig = EngineConfig(backend="openai", model="deepseek-reasoner", base_url=None,
+                                        api_key_env="DEEPSEEK_API_KEY", max_concurrency=64)
+    sampling: SamplingConfig = SamplingConfig(temperature=0.6, max_new_tokens=8192)
+    simulated: bool = False  # start the simulated teacher (a test double) and label against it
+    simulation: SimulationConfig = SimulationConfig()
+    use_answer: bool = True  # give the teacher the gold answer in pointwise prompts, where there is one
+    passage_tokenizer: str | None = None  # cut passages with this tokenizer (HF folder or id) …
+    passage_max_tokens: int | None = Field(None, ge=1)  # … to this many tokens (512 in the paper)
+
+    @model_validator(mode="after")
+    def _one_teacher(self) -> "TeacherConfig":
+        if self.engine.backend != "openai":
+            raise ValueError(f"engine.backend must be 'openai' (an OpenAI-compatible teacher endpoint), "
+                             f"got {self.engine.backend!r}")
+        if self.simulated and self.engine.base_url:
+            raise ValueError("simulated is true but engine.base_url is set: the simulated teacher (a test "
+                             "double) is never used when a real endpoint is configured; choose one")
+        return self
+
+
+class SynthesizeConfig(Strict):
+    data: DataConfig = DataConfig(split="train", first_stage_depth=20)
+    teacher: TeacherConfig = TeacherConfig()
+    list_size: int = Field(20, ge=2)  # candidates per listwise sample (and pointwise items per query)
+    alpha: float = Field(DEFAULT_ALPHA, ge=0.0, le=1.0)  # self-consistency threshold on NDCG@10
+    labelers: int = Field(2, ge=1)  # actors in the labeler pool
+    labeler_num_cpus: float = Field(0.5, gt=0)  # fractional, or Ray Data's read tasks starve
+    batch_size: int = Field(16, ge=1)  # items per Ray Data batch (one label part each)
+    output_dir: str = "outputs/synthesize"
+    ray_num_cpus: int | None = 8  # logical CPUs of an embedded Ray (ignored on a cluster)
+
+
+def run(config_path: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    return synthesize(load_config(config_path, SynthesizeConfig, overrides))
+
+
+def synthesize(cfg: SynthesizeConfig) -> dict[str, Any]:
+    dataset = cfg.data.load()
+    truncate = _truncator(cfg.teacher)
+    requests = dataset.requests(cfg.list_size)
+    items = [item for r in requests for item in teacher_items(r, cfg.teacher.engine.model, cfg.list_size,
+                                                              truncate, cfg.teacher.use_answer)]
+    labels_store = PartStore(storage.join(cfg.output_dir, "labels"), LABEL_SCHEMA)
+    errors_store = PartStore(storage.join(cfg.output_dir, "errors"), ERROR_SCHEMA)
+    done = labels_store.read()
+    todo = [item for item in items if item.key not in done]
+    log.info("%d queries, %d items: %d already labelled, %d to label", len(requests), len(items),
+             len(items) - len(todo), len(todo))
+    this_run: Counter = Counter()
+    served: dict[str, Any] = {}
+    if todo:
+        with _teacher_endpoint(cfg.teacher, dataset, served) as engine:
+            this_run = _label(cfg, engine, todo, labels_store.path, errors_store.path)
+    labels = labels_store.read()
+    errors = outstanding_errors(errors_store.rows(), labels)
+    assembly = assemble(requests, items, labels, errors, ConsistencyFilter(cfg.alpha), truncate)
+    return _report(cfg, items, labels, assembly, this_run, served, already=len(items) - len(todo))
+
+
+def _truncator(teacher: TeacherConfig) -> PassageTruncator:
+    if teacher.passage_tokenizer is None:
+        return PassageTruncator(None, None)
+    from transformers import AutoTokenizer
+
+    return PassageTruncator(AutoTokenizer.from_pretrained(teacher.passage_tokenizer), teacher.passage_max_tokens)
+
+
+@contextlib.contextmanager
+def _teacher_endpoint(teacher: TeacherConfig, dataset: RetrievalDataset,
+                      served: dict[str, Any]) -> Iterator[EngineConfig]:
+    """The engine config the labelers use: the configured endpoint, or a simulated teacher started here
+    (which reports into `served` its answers by outcome — ok and each injected fault — and the most
+    requests it held at once)."""
+    if not teacher.simulated:
+        if teacher.engine.api_key() is None:  # fail now, not with every item rejected 401 later
+            raise ConfigError(f"teacher.engine: no API key; set the environment variable "
+                              f"{teacher.engine.api_key_env} (any value for a server that needs none), or "
+                              f"use teacher.simulated: true for a local run")
+        yield teacher.engine
+        return
+    if not dataset.qrels:
+        raise ConfigError("teacher.simulated needs relevance labels (data qrels) to answer from")
+    simulated = SimulatedTeacher({q.qid: q.text for q in dataset.queries}, dataset.corpus, dataset.qrels,
+                                 teacher.simulation)
+    with simulated:
+        log.warning("labelling with the SIMULATED teacher at %s: a test double for DeepSeek-R1 that answers "
+                    "from the qrels (noise %.2f, fault rate %.2f)", simulated.base_url,
+                    teacher.simulation.noise, teacher.simulation.fault_rate)
+        try:
+            yield teacher.engine.model_copy(update={"base_url": simulated.base_url})
+        finally:
+            served.update(answers=dict(simulated.outcomes), peak_in_flight=simulated.peak_in_flight)
+
+
+def _per_labeler(engine: EngineConfig, labelers: int) -> EngineConfig:
+    """Share the job's concurrency and rate limits out among the labeler actors."""
+    def share(value: float | None) -> float | None:
+        return None if value is None else value / labelers
+
+    return engine.model_copy(update={"max_concurrency": max(1, math.ceil(engine.max_concurrency / labelers)),
+                                     "requests_per_s": share(engine.requests_per_s),
+                                     "tokens_per_min": share(engine.tokens_per_min)})
+
+
+def _label(cfg: SynthesizeConfig, engine: EngineConfig, todo: list[LabelItem], labels_path: str,
+           errors_path: str) -> Counter:
+    """Label `todo` on Ray Data over the actor pool; returns this run's counts and token totals."""
+    import ray
+    from tqdm import tqdm
+
+    from actors.labeler import TeacherLabeler
+
+    init_ray(cfg.ray_num_cpus)
+    params = cfg.teacher.sampling.params()
+    per_labeler = _per_labeler(engine, cfg.labelers)
+    # One batch per block, and enough batches running in each actor at once that a slow batch (a request
+    # waiting out a timeout) never leaves the actor's request slots idle: twice what fills them.
+    batches_per_labeler = 2 * math.ceil(per_labeler.max_concurrency / cfg.batch_size)
+    rows = [item.to_row() for item in todo]
+    results = ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / cfg.batch_size)).map_batches(
+        TeacherLabeler,
+        fn_constructor_kwargs={"engine": per_labeler.model_dump(), "sampling": dataclasses.asdict(params),
+                               "labels_path": labels_path, "errors_path": errors_path},
+        batch_size=cfg.batch_size, batch_format="pyarrow", num_cpus=cfg.labeler_num_cpus,
+        compute=ray.data.ActorPoolStrategy(size=cfg.labelers, max_concurrent_calls_per_actor=batches_per_labeler,
+                                           max_tasks_in_flight_per_actor=batches_per_labeler),
+    )
+    counts: Counter = Counter()
+    with tqdm(total=len(todo), desc="teacher labels", unit="item", mininterval=2) as bar:
+        for batch in results.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for row in batch.to_pylist():
+                counts[row["status"]] += 1
+                counts["tokens_in"] += row["prompt_tokens"] or 0
+                counts["tokens_out"] += row["completion_tokens"] or 0
+            bar.update(batch.num_rows)
+            bar.set_postfix(labelled=counts["label"], failed=counts["error"])
+    return counts
+
+
+def _report(cfg: SynthesizeConfig, items: list[LabelItem], labels: dict[str, dict], assembly: Assembly,
+            this_run: Counter, served: dict[str, Any], already: int) -> dict[str, Any]:
+    out = cfg.output_dir
+    mine = [labels[i.key] for i in items if i.key in labels]
+    states = Counter(d["state"] for d in assembly.decisions)
+    per_domain = {domain: {s: counts[s] for s in STATES} for domain, counts in sorted(assembly.per_domain.items())}
+    summary = {
+        "teacher": "simulated" if cfg.teacher.simulated else cfg.teacher.engine.model,
+        "items": len(items),
+        "labelled": len(mine),
+        "already_labelled": already,
+        "labelled_this_run": this_run["label"],
+        "failed": len(assembly.errors),
+        "failure_reasons": dict(Counter(e["reason"] for e in assembly.errors)),
+        "retried_for": dict(Counter(reason for r in mine for reason in r["retried_for"])),  # absorbed faults
+        "pending": len(items) - len(mine) - len(assembly.errors),
+        "queries": len(assembly.decisions),
+        "kept": states["kept"],
+        "filtered_out": states["dropped"],
+        "queries_failed": states["failed"],
+        "queries_pending": states["pending"],
+        "alpha": cfg.alpha,
+        "tokens_in": sum(r["prompt_tokens"] for r in mine),
+        "tokens_out": sum(r["completion_tokens"] for r in mine),
+        "tokens_in_this_run": this_run["tokens_in"],
+        "tokens_out_this_run": this_run["tokens_out"],
+        "per_domain": per_domain,
+        "output_dir": out,
+    }
+    if cfg.teacher.simulated:
+        summary["simulated_teacher_this_run"] = served
+    storage.makedirs(out)
+    for name, rows in (("pointwise", assembly.pointwise), ("listwise", assembly.listwise),
+                       ("filter", assembly.decisions), ("sft", assembly.sft), ("rl", assembly.rl)):
+        write_records(storage.join(out, f"{name}.parquet"), rows)
+    with storage.open_file(storage.join(out, "errors.parquet"), "wb") as f:  # its columns even when empty
+        pq.write_table(pa.Table.from_pylist(assembly.errors, schema=ERROR_SCHEMA), f)
+    storage.write_text_atomic(storage.join(out, "summary.json"), json.dumps(summary, indent=2))
+    _plot_per_domain(per_domain, storage.join(out, "filter_by_domain.png"), cfg.alpha)
+    print(_summary_table(summary))
+    return summary
+
+
+def _summary_table(summary: dict[str, Any]) -> str:
+    lines = [f"items {summary['items']}: labelled {summary['labelled']} "
+             f"({summary['labelled_this_run']} this run), failed {summary['failed']} "
+             f"{summary['failure_reasons'] or ''}, pending {summary['pending']}; "
+             f"tokens in/out {summary['tokens_in']}/{summary['tokens_out']}",
+             f"{'domain':<16}" + "".join(f"{s:>9}" for s in STATES)]
+    for domain, counts in summary["per_domain"].items():
+        lines.append(f"{domain or '-':<16}" + "".join(f"{counts[s]:>9}" for s in STATES))
+    totals = [summary["kept"], summary["filtered_out"], summary["queries_failed"], summary["queries_pending"]]
+    lines.append(f"{'all':<16}" + "".join(f"{n:>9}" for n in totals))
+    return "\n".join(lines)
+
+
+def _plot_per_domain(per_domain: dict[str, dict[str, int]], path: str, alpha: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    domains = list(per_domain) or ["-"]
+    fig, ax = plt.subplots(figsize=(1.5 + 1.2 * len(domains), 3.2))
+    bottom = [0] * len(domains)
+    for state in STATES:
+        heights = [per_domain.get(d, {}).get(state, 0) for d in domains]
+        ax.bar(domains, heights, bottom=bottom, label=state)
+        bottom = [b + h for b, h in zip(bottom, heights)]
+    ax.set_ylabel("queries")
+    ax.set_title(f"self-consistency filter (NDCG@10 >= {alpha})")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, "plot.png")
+        fig.savefig(local, dpi=110)
+        storage.put_file(local, path)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(run, __doc__))
