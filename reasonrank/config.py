@@ -59,10 +59,11 @@ class SamplingConfig(Strict):
 
 
 class StrategyConfig(Strict):
-    name: Literal["sliding_window", "one_shot"] = "sliding_window"
+    name: Literal["sliding_window", "one_shot", "iterative_elimination"] = "sliding_window"
     window_size: int = Field(20, ge=1)
     step: int = Field(10, ge=1)
     depth: int | None = Field(100, ge=1)  # rerank the top-k of the first stage
+    stop_at: int = Field(1, ge=1)  # iterative_elimination: stop when this many remain, keeping their order
     passage_max_tokens: int | None = 512  # 512 reasoning-intensive, 100 web/BEIR, None: no cut
 
     def build(self):
@@ -70,6 +71,8 @@ class StrategyConfig(Strict):
 
         if self.name == "one_shot":
             return build_strategy("one_shot", depth=self.depth)
+        if self.name == "iterative_elimination":
+            return build_strategy(self.name, depth=self.depth, stop_at=self.stop_at)
         return build_strategy(self.name, window_size=self.window_size, step=self.step, depth=self.depth)
 
 

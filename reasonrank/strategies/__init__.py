@@ -1,9 +1,10 @@
 """Ranking strategies. Each lives in its own module and registers itself by `name`."""
 from reasonrank.strategies.base import EngineCall, RankingStrategy, rerank
+from reasonrank.strategies.iterative_elimination import IterativeElimination
 from reasonrank.strategies.one_shot import OneShot
 from reasonrank.strategies.sliding_window import SlidingWindow, window_spans
 
-STRATEGIES: dict[str, type[RankingStrategy]] = {s.name: s for s in (SlidingWindow, OneShot)}
+STRATEGIES: dict[str, type[RankingStrategy]] = {s.name: s for s in (SlidingWindow, OneShot, IterativeElimination)}
 
 
 def build_strategy(name: str, **options) -> RankingStrategy:
@@ -14,5 +15,5 @@ def build_strategy(name: str, **options) -> RankingStrategy:
     return cls(**options)
 
 
-__all__ = ["EngineCall", "RankingStrategy", "rerank", "OneShot", "SlidingWindow", "window_spans",
-           "STRATEGIES", "build_strategy"]
+__all__ = ["EngineCall", "RankingStrategy", "rerank", "OneShot", "SlidingWindow", "IterativeElimination",
+           "window_spans", "STRATEGIES", "build_strategy"]
