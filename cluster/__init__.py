@@ -1,0 +1,1 @@
+"""Running the stages on Ray clusters: the Jobs API submitter, KubeRay manifests and their generator."""
