@@ -45,3 +45,10 @@ def test_dotted_overrides_apply_before_validation(tmp_path):
 def test_shipped_evaluate_configs_load(path):
     cfg = load_config(path, EvaluateConfig)
     assert cfg.strategy.build() is not None
+
+
+def test_step_larger_than_window_is_refused(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("strategy:\n  window_size: 10\n  step: 15\n")
+    with pytest.raises(ConfigError, match="step .15. must not exceed window_size"):
+        load_config(p, EvaluateConfig)

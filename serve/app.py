@@ -1,0 +1,273 @@
+"""The Ray Serve application: one FastAPI ingress deployment hosting a reranker (engine + strategy).
+
+    POST /v1/rerank   Cohere rerank v1          POST /native/rerank   full ranking, ids, reasoning per window,
+    POST /v2/rerank   Cohere rerank v2                                strategy overrides
+    POST /rerank      Jina / vLLM               GET  /health          200 only while the model is loaded and
+    GET  /v1/models   the served model                                the engine answers
+
+Each replica loads the model once (in its constructor; Serve routes to it only after). Every request drives
+its own strategy (serve.ranking) and awaits its windows from a `WindowBatcher` (serve.batcher): the windows
+of all requests in flight go to the engine together, one engine call at a time.
+
+Faults: a request past its deadline gets 504 (its pending windows are dropped from the batch queue). When
+the engine raises on a batch, each window is retried alone, so only the requests whose windows fail get
+503; the replica is then suspect until the engine answers a one-token probe (from /health or Serve's
+health check). A replica whose engine fails the probe is reported unhealthy and Serve replaces it.
+
+Start it with `reasonrank serve --config configs/serve-tiny.yaml`, `serve run serve.app:build_app
+config=configs/serve-tiny.yaml`, or a RayService with `import_path: serve.app:build_app`.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from ray import serve
+from ray.serve import Application
+
+from reasonrank.config import ConfigError, StrategyConfig, load_config
+from reasonrank.engines import build_engine
+from reasonrank.engines.base import Generation, Messages, SamplingParams
+from reasonrank.prompt import PassageTruncator
+from reasonrank.strategies import EngineCall
+from serve.auth import BearerAuth
+from serve.batcher import WindowBatcher
+from serve.body import parse_request
+from serve.config import ServeConfig
+from serve.errors import ServeError
+from serve.metrics import RerankMetrics
+from serve.ranking import BatchedGeneration, DocumentRanking, rank_documents
+from serve.responses import cohere_response, jina_response, native_response
+from serve.schema import CohereV1Request, CohereV2Request, JinaRequest, NativeRequest
+
+logger = logging.getLogger("ray.serve")
+
+TIMEOUT_HEADER = "x-request-timeout"  # seconds; a client may ask for a deadline shorter than the server's
+_PROBE: Messages = [{"role": "user", "content": "ping"}]
+
+api = FastAPI(title="ReasonRank reranker",
+              description="Reasoning listwise reranking: Cohere v1/v2, Jina/vLLM and native APIs.")
+
+
+@api.exception_handler(ServeError)
+async def _serve_error(_: Request, error: ServeError) -> JSONResponse:
+    return error.response()
+
+
+class EngineFailure(RuntimeError):
+    """The engine raised while generating a batch of windows."""
+
+
+@serve.deployment(name="Reranker")
+@serve.ingress(api)
+class Reranker:
+    def __init__(self, config: dict[str, Any]):
+        self.config = ServeConfig.model_validate(config)
+        self.auth = BearerAuth.from_env(self.config.auth_token_env)  # before the model: fail fast
+        self.params = self.config.sampling.params()
+        self.metrics = RerankMetrics()
+        self.batcher = WindowBatcher(self.generate_windows, self.config.batching.max_batch_size,
+                                     self.config.batching.batch_wait_timeout_s)
+        self._engine_lock = threading.Lock()  # one engine call at a time: batches and health probes
+        self._engine_failure: str | None = None
+        started = time.perf_counter()
+        self.engine = build_engine(self.config.engine)
+        logger.info("reranker %r loaded (%s backend, %s) in %.1f s; auth %s", self.config.model_name,
+                    self.config.engine.backend, self.config.engine.model, time.perf_counter() - started,
+                    "on" if self.auth.enabled else "off")
+
+    # ---- the engine side ---------------------------------------------------------------------------
+
+    def _generate(self, batch: list[Messages], params: SamplingParams) -> list[Generation]:
+        with self._engine_lock:
+            return self.engine.generate(batch, params)
+
+    async def generate_windows(self, calls: list[EngineCall]) -> list[BatchedGeneration | EngineFailure]:
+        """One engine call for the windows of every request in flight. If it fails, each window is retried
+        alone, so one window the engine rejects fails only its own request (a dead engine fails them all,
+        fast)."""
+        try:
+            generations = await asyncio.to_thread(self._generate, [c.messages for c in calls], self.params)
+        except Exception as e:
+            if len(calls) == 1:
+                return [self._failed(e)]
+            return [(await self.generate_window_alone(call)) for call in calls]
+        self.metrics.record_engine_call(len(calls))
+        self._engine_failure = None
+        return [BatchedGeneration(g, len(calls)) for g in generations]
+
+    async def generate_window_alone(self, call: EngineCall) -> BatchedGeneration | EngineFailure:
+        try:
+            (generation,) = await asyncio.to_thread(self._generate, [call.messages], self.params)
+        except Exception as e:
+            return self._failed(e)
+        return BatchedGeneration(generation, 1)
+
+    def _failed(self, error: Exception) -> EngineFailure:
+        """Whatever the engine raised becomes a 503 for the request, and makes the replica suspect."""
+        self._engine_failure = f"{type(error).__name__}: {error}"
+        logger.error("engine failed on a window: %s", self._engine_failure)
+        return EngineFailure(self._engine_failure)
+
+    async def window(self, call: EngineCall) -> BatchedGeneration:
+        """A request's window, generated in an engine call shared with the other requests in flight."""
+        output = await self.batcher.submit(call)
+        if isinstance(output, EngineFailure):
+            raise output
+        return output
+
+    async def engine_alive(self) -> bool:
+        """True unless the engine failed since it last answered; then it must answer a one-token probe."""
+        if self._engine_failure is None:
+            return True
+        try:
+            await asyncio.to_thread(self._generate, [_PROBE], SamplingParams(max_new_tokens=1))
+        except Exception as e:
+            self._engine_failure = f"{type(e).__name__}: {e}"
+            return False
+        logger.info("engine answered a probe after failing (%s); replica stays", self._engine_failure)
+        self._engine_failure = None
+        return True
+
+    async def check_health(self) -> None:
+        """Serve's periodic health check: raising makes Serve replace this replica."""
+        if not await self.engine_alive():
+            raise RuntimeError(f"engine is down ({self._engine_failure}); replacing this replica")
+
+    def __del__(self) -> None:
+        """Serve calls this after in-flight requests finished (graceful shutdown): release the engine."""
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.close()
+
+    # ---- the HTTP side ---------------------------------------------------------------------------------
+
+    @api.get("/health")
+    async def health(self) -> JSONResponse:
+        if not await self.engine_alive():
+            return JSONResponse({"status": "unavailable", "message": f"engine failed: {self._engine_failure}"},
+                                status_code=503)
+        return JSONResponse({"status": "ready", "model": self.config.model_name})
+
+    @api.get("/v1/models")
+    async def models(self, request: Request) -> JSONResponse:
+        self.auth.check(request.headers.get("authorization"))
+        return JSONResponse({"object": "list", "data": [
+            {"id": self.config.model_name, "object": "model", "owned_by": "reasonrank",
+             "backend": self.config.engine.backend, "strategy": self.config.strategy.name}]})
+
+    @api.post("/v1/rerank")
+    async def cohere_v1(self, request: Request) -> JSONResponse:
+        return await self._answer(request, "cohere_v1", CohereV1Request,
+                                  lambda rid, body, _, ranking: cohere_response(rid, body, ranking, "1"))
+
+    @api.post("/v2/rerank")
+    async def cohere_v2(self, request: Request) -> JSONResponse:
+        return await self._answer(request, "cohere_v2", CohereV2Request,
+                                  lambda rid, body, _, ranking: cohere_response(rid, body, ranking, "2"))
+
+    @api.post("/rerank")
+    async def jina(self, request: Request) -> JSONResponse:
+        return await self._answer(request, "jina", JinaRequest, lambda rid, body, _, ranking: jina_response(
+            rid, self.config.model_name, body, ranking))
+
+    @api.post("/native/rerank")
+    async def native(self, request: Request) -> JSONResponse:
+        return await self._answer(request, "native", NativeRequest, lambda rid, body, strategy, ranking:
+                                  native_response(rid, self.config.model_name, body, strategy, ranking))
+
+    async def _answer(self, request: Request, api_name: str, model: type[BaseModel],
+                      respond: Callable[[str, Any, StrategyConfig, DocumentRanking], BaseModel]) -> JSONResponse:
+        """Auth, parse within limits, rank under the deadline, respond; every outcome counted."""
+        started, status = time.perf_counter(), 500
+        request_id = uuid.uuid4().hex
+        try:
+            self.auth.check(request.headers.get("authorization"))
+            limits = self.config.limits
+            body = await parse_request(request, model, limits.max_body_bytes, limits.max_documents)
+            strategy = self._strategy_for(body)
+            deadline = self._deadline(request)
+            try:
+                ranking = await asyncio.wait_for(self._rank(body, strategy), deadline)
+            except asyncio.TimeoutError:
+                raise ServeError(504, f"reranking did not finish within the request deadline of {deadline:g} s "
+                                      f"({len(body.documents)} documents)") from None
+            except EngineFailure as e:
+                raise ServeError(503, f"the reranking engine failed ({e}); retry shortly",
+                                 headers={"Retry-After": "5"}) from None
+            self.metrics.record_ranking(api_name, ranking)
+            payload = respond(request_id, body, strategy, ranking).model_dump(mode="json", exclude_none=True)
+            status = 200
+            return JSONResponse(payload)
+        except ServeError as error:
+            status = error.status
+            return error.response()
+        finally:
+            elapsed = time.perf_counter() - started
+            self.metrics.record_request(api_name, status, elapsed)
+            logger.info("%s %s -> %d in %.3f s", api_name, request_id, status, elapsed)
+
+    def _strategy_for(self, body: BaseModel) -> StrategyConfig:
+        strategy = self.config.strategy
+        if isinstance(body, NativeRequest) and body.strategy is not None:
+            try:
+                strategy = body.strategy.apply(strategy)
+            except ValueError as e:
+                raise ServeError(422, str(e)) from None
+        if getattr(body, "max_tokens_per_doc", None) is not None:
+            strategy = strategy.model_copy(update={"passage_max_tokens": body.max_tokens_per_doc})
+        return strategy
+
+    def _deadline(self, request: Request) -> float:
+        limit = self.config.limits.request_timeout_s
+        asked = request.headers.get(TIMEOUT_HEADER)
+        if asked is None:
+            return limit
+        try:
+            seconds = float(asked)
+        except ValueError:
+            seconds = float("nan")
+        if not seconds > 0:
+            raise ServeError(400, f"header {TIMEOUT_HEADER} must be a positive number of seconds, got {asked!r}")
+        return min(seconds, limit)
+
+    async def _rank(self, body: Any, strategy: StrategyConfig) -> DocumentRanking:
+        truncate = PassageTruncator(self.engine.tokenizer, strategy.passage_max_tokens)
+        return await rank_documents(body.query, body.texts, strategy.build(), truncate, self.window,
+                                    qid=getattr(body, "qid", None) or "")
+
+
+def build_app(args: dict[str, Any] | ServeConfig) -> Application:
+    """The application for `serve run serve.app:build_app config=<yaml> [dotted.key=value …]` and for a
+    RayService (`import_path: serve.app:build_app`, `args: {config: configs/serve-….yaml}`).
+
+    Runs where the app is built (the driver, or Serve's controller): builds the tiny demo model first when
+    the config asks for it, and makes a local model path absolute for replicas started elsewhere."""
+    if isinstance(args, ServeConfig):
+        config = args
+    else:
+        args = dict(args)
+        path = args.pop("config", None)
+        if path is None:
+            raise ConfigError("build_app needs `config`: the path of a serve YAML (configs/serve-*.yaml)")
+        config = load_config(path, ServeConfig, args)
+    if config.build_tiny_model_from is not None:
+        from reasonrank.data.demo import ensure_demo_dataset
+        from reasonrank.tiny_model import ensure_tiny_model
+
+        ensure_tiny_model(config.engine.model, ensure_demo_dataset(config.build_tiny_model_from).texts())
+    model_dir = Path(config.engine.model)
+    if config.engine.backend != "openai" and model_dir.exists():  # replicas may run in another directory
+        config = config.model_copy(update={"engine": config.engine.model_copy(
+            update={"model": str(model_dir.resolve())})})
+    deployment = Reranker.options(**config.deployment.serve_options())
+    return deployment.bind(config.model_dump(mode="json"))

@@ -1,0 +1,110 @@
+"""The serving config: which reranker to host (engine, strategy, sampling), how to scale it, what to accept.
+
+One YAML file (configs/serve-*.yaml) holds all of it. The same file drives `reasonrank serve` on a laptop and
+the `args` of a KubeRay RayService (`import_path: serve.app:build_app`).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from reasonrank.config import EngineConfig, SamplingConfig, StrategyConfig, Strict
+
+
+class Autoscaling(Strict):
+    """Ray Serve autoscaling: replicas are added while each has more than `target_ongoing_requests`."""
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(1, ge=1)
+    target_ongoing_requests: float = Field(8.0, gt=0)
+    upscale_delay_s: float = Field(30.0, ge=0)
+    downscale_delay_s: float = Field(600.0, ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Autoscaling":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) > max_replicas ({self.max_replicas})")
+        return self
+
+
+class ReplicaResources(Strict):
+    """What one replica (one engine) reserves on the cluster."""
+
+    num_cpus: float = Field(1.0, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+    memory_gib: float | None = Field(None, gt=0)
+    accelerator_type: str | None = None  # e.g. "H100"; None: any node with the GPUs
+    node_labels: dict[str, str] = {}  # place replicas on nodes with these Ray labels (KubeRay worker group)
+
+    def ray_actor_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+        if self.memory_gib is not None:
+            options["memory"] = int(self.memory_gib * 2**30)
+        if self.accelerator_type is not None:
+            options["accelerator_type"] = self.accelerator_type
+        if self.node_labels:
+            options["label_selector"] = dict(self.node_labels)
+        return options
+
+
+class DeploymentOptions(Strict):
+    autoscaling: Autoscaling = Autoscaling()
+    resources: ReplicaResources = ReplicaResources()
+    max_ongoing_requests: int = Field(64, ge=1)  # HTTP requests one replica holds at once
+    health_check_period_s: float = Field(10.0, gt=0)
+    health_check_timeout_s: float = Field(30.0, gt=0)
+    graceful_shutdown_wait_loop_s: float = Field(2.0, gt=0)
+    graceful_shutdown_timeout_s: float = Field(120.0, gt=0)  # in-flight requests get this long to finish
+
+    def serve_options(self) -> dict[str, Any]:
+        """Keyword arguments for `Deployment.options`."""
+        return {
+            "autoscaling_config": self.autoscaling.model_dump(),
+            "ray_actor_options": self.resources.ray_actor_options(),
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "health_check_period_s": self.health_check_period_s,
+            "health_check_timeout_s": self.health_check_timeout_s,
+            "graceful_shutdown_wait_loop_s": self.graceful_shutdown_wait_loop_s,
+            "graceful_shutdown_timeout_s": self.graceful_shutdown_timeout_s,
+        }
+
+
+class Batching(Strict):
+    """How windows of concurrent requests are grouped into one engine call (serve.batcher)."""
+
+    max_batch_size: int = Field(64, ge=1)  # windows per engine call
+    batch_wait_timeout_s: float = Field(0.01, ge=0)  # how long a window at an idle engine waits for company
+
+
+class Limits(Strict):
+    max_documents: int = Field(1000, ge=1)
+    max_body_bytes: int = Field(8 * 2**20, ge=1024)
+    request_timeout_s: float = Field(600.0, gt=0)  # per-request deadline; clients may ask for less
+
+
+class ServeConfig(Strict):
+    model_name: str = "reasonrank"  # the name /v1/models and responses report
+    engine: EngineConfig = EngineConfig()
+    strategy: StrategyConfig = StrategyConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    batching: Batching = Batching()
+    limits: Limits = Limits()
+    deployment: DeploymentOptions = DeploymentOptions()
+    # Name of the environment variable holding the bearer token (set from a Kubernetes Secret);
+    # None: no auth. The token itself never appears in a config file.
+    auth_token_env: str | None = None
+    # Local runs: build the (untrained) tiny model at engine.model from the demo data in this folder when
+    # no model is there yet. None: never build.
+    build_tiny_model_from: str | None = None
+    host: str = "127.0.0.1"  # where `reasonrank serve` listens
+    port: int = Field(8000, ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _gpus_cover_tensor_parallel(self) -> "ServeConfig":
+        gpus = self.deployment.resources.num_gpus
+        tp = self.engine.tensor_parallel_size
+        if self.engine.backend == "vllm" and gpus > 0 and gpus < tp:
+            raise ValueError(f"deployment.resources.num_gpus ({gpus}) is less than "
+                             f"engine.tensor_parallel_size ({tp}); one replica needs a GPU per shard")
+        return self

@@ -1,0 +1,51 @@
+"""Prometheus metrics of the reranker, exported through Ray Serve (Ray's metrics endpoint, `ray_` prefix).
+
+Ray Serve adds its own (HTTP latency per route, ongoing requests); these add what only the reranker knows:
+latency by API and status, windows per request, windows per engine call, malformed model outputs, tokens.
+Serve tags every series with the deployment, replica and application. Create inside the replica.
+"""
+from __future__ import annotations
+
+from ray.serve.metrics import Counter, Histogram
+
+from serve.ranking import DocumentRanking
+
+_LATENCY_BUCKETS_S = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600]
+_WINDOW_BUCKETS = [1, 2, 3, 5, 9, 17, 33, 65, 129]
+
+
+class RerankMetrics:
+    def __init__(self) -> None:
+        self.requests = Counter("reasonrank_requests", "Rerank requests answered, by API and HTTP status.",
+                                tag_keys=("api", "status"))
+        self.latency = Histogram("reasonrank_request_latency_s", "Rerank request latency in seconds.",
+                                 boundaries=_LATENCY_BUCKETS_S, tag_keys=("api", "status"))
+        self.windows = Histogram("reasonrank_windows_per_request", "Engine windows one request needed.",
+                                 boundaries=_WINDOW_BUCKETS, tag_keys=("api",))
+        self.batch_windows = Histogram("reasonrank_engine_batch_windows",
+                                       "Windows (from all requests in flight) per engine call.",
+                                       boundaries=_WINDOW_BUCKETS)
+        self.malformed = Counter("reasonrank_malformed_outputs",
+                                 "Windows whose model output was not a well-formed ranking (repaired by the "
+                                 "parser into a complete one).", tag_keys=("api",))
+        self.prompt_tokens = Counter("reasonrank_prompt_tokens", "Tokens sent to the model.", tag_keys=("api",))
+        self.completion_tokens = Counter("reasonrank_completion_tokens", "Tokens the model generated.",
+                                         tag_keys=("api",))
+
+    def record_request(self, api: str, status: int, latency_s: float) -> None:
+        tags = {"api": api, "status": str(status)}
+        self.requests.inc(tags=tags)
+        self.latency.observe(latency_s, tags=tags)
+
+    def record_engine_call(self, windows: int) -> None:
+        self.batch_windows.observe(windows)
+
+    def record_ranking(self, api: str, ranking: DocumentRanking) -> None:
+        tags = {"api": api}
+        self.windows.observe(len(ranking.windows), tags=tags)
+        if ranking.malformed_windows:
+            self.malformed.inc(ranking.malformed_windows, tags=tags)
+        if ranking.prompt_tokens:
+            self.prompt_tokens.inc(ranking.prompt_tokens, tags=tags)
+        if ranking.completion_tokens:
+            self.completion_tokens.inc(ranking.completion_tokens, tags=tags)

@@ -1,0 +1,53 @@
+"""Turning one ranking into each API's response body.
+
+Every API reports the same ranking, best first, with `relevance_score = 1/(1+rank)` (see
+`serve.ranking.relevance_score`): strictly decreasing with rank and in (0, 1]. The score says where the
+model placed a document, not a calibrated probability.
+"""
+from __future__ import annotations
+
+from reasonrank.config import StrategyConfig
+from serve.ranking import DocumentRanking, relevance_score
+from serve.schema import (ApiVersion, CohereMeta, CohereResponse, CompatibleRequest, JinaResponse, JinaUsage,
+                          NativeRequest, NativeResponse, NativeUsage, RankedDocument, RerankResult, TokenUsage,
+                          WindowReport)
+
+
+def _results(body: CompatibleRequest, ranking: DocumentRanking, return_documents: bool) -> list[RerankResult]:
+    top = ranking.order[: body.top_n] if body.top_n else ranking.order
+    return [RerankResult(index=i, relevance_score=relevance_score(rank),
+                         document=body.documents[i].model_dump() if return_documents else None)
+            for rank, i in enumerate(top)]
+
+
+def cohere_response(request_id: str, body: CompatibleRequest, ranking: DocumentRanking, version: str) -> CohereResponse:
+    meta = CohereMeta(api_version=ApiVersion(version=version),
+                      tokens=TokenUsage(input_tokens=ranking.prompt_tokens, output_tokens=ranking.completion_tokens))
+    return CohereResponse(id=request_id, results=_results(body, ranking, body.return_documents), meta=meta)
+
+
+def jina_response(request_id: str, model: str, body: CompatibleRequest, ranking: DocumentRanking) -> JinaResponse:
+    usage = JinaUsage(prompt_tokens=ranking.prompt_tokens,
+                      total_tokens=ranking.prompt_tokens + ranking.completion_tokens)
+    return JinaResponse(id=request_id, model=model, usage=usage,
+                        results=_results(body, ranking, body.return_documents))
+
+
+def native_response(request_id: str, model: str, body: NativeRequest, strategy: StrategyConfig,
+                    ranking: DocumentRanking) -> NativeResponse:
+    ids = body.ids
+    ranked = [RankedDocument(rank=rank + 1, index=i, id=ids[i], relevance_score=relevance_score(rank),
+                             text=body.documents[i].text if body.return_documents else None)
+              for rank, i in enumerate(ranking.order)]
+    windows = [WindowReport(start=w.call.start, end=w.call.end, well_formed=w.well_formed,
+                            finish_reason=w.generation.finish_reason, prompt_tokens=w.generation.prompt_tokens,
+                            completion_tokens=w.generation.completion_tokens, latency_s=w.generation.latency_s,
+                            batch_size=w.batch_size,
+                            reasoning=w.reasoning if body.return_reasoning else None,
+                            answer=w.answer if body.return_reasoning else None,
+                            response=w.generation.text if body.return_reasoning else None)
+               for w in ranking.windows]
+    usage = NativeUsage(prompt_tokens=ranking.prompt_tokens, completion_tokens=ranking.completion_tokens,
+                        windows=len(ranking.windows), malformed_windows=ranking.malformed_windows)
+    return NativeResponse(id=request_id, model=model, qid=body.qid, strategy=strategy, ranking=ranked,
+                          windows=windows, usage=usage)

@@ -1,0 +1,211 @@
+"""HTTP request and response bodies: Cohere rerank v1 and v2, Jina/vLLM `/rerank`, and the native API.
+
+Requests are validated with a context carrying the server's limits (`max_documents`), so every rejection
+names the field and, where one applies, the limit. Documents are strings or objects with a `text` field
+(other keys are kept and echoed back with the document).
+"""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
+
+from reasonrank.config import StrategyConfig
+
+
+class Document(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    text: str
+
+
+def _document_from_string(value: Any) -> Any:
+    if isinstance(value, str):
+        return {"text": value}
+    if not isinstance(value, dict):
+        raise ValueError(f"a document is a string or an object with a `text` field, got {type(value).__name__}")
+    return value
+
+
+DocumentIn = Annotated[Document, BeforeValidator(_document_from_string)]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    query: str
+    documents: list[DocumentIn]
+    max_tokens_per_doc: int | None = Field(None, ge=1)
+
+    @field_validator("query")
+    @classmethod
+    def _query_not_blank(cls, query: str) -> str:
+        if not query.strip():
+            raise ValueError("the query is empty")
+        return query
+
+    @field_validator("documents")
+    @classmethod
+    def _documents_within_limit(cls, documents: list[Document], info: ValidationInfo) -> list[Document]:
+        if not documents:
+            raise ValueError("no documents to rerank; send at least one")
+        limit = (info.context or {}).get("max_documents")
+        if limit is not None and len(documents) > limit:
+            raise ValueError(f"{len(documents)} documents is more than the limit of {limit} per request "
+                             "(limits.max_documents)")
+        return documents
+
+    @property
+    def texts(self) -> list[str]:
+        return [d.text for d in self.documents]
+
+
+class CompatibleRequest(_Request):
+    """What the Cohere and Jina/vLLM APIs share."""
+
+    model: str | None = None  # accepted for client compatibility; the server answers with its one model
+    top_n: int | None = Field(None, ge=1)
+
+
+class CohereV1Request(CompatibleRequest):
+    return_documents: bool = False
+
+
+class CohereV2Request(CompatibleRequest):
+    return_documents: bool = False  # not in Cohere v2; kept so v2 clients can still ask for the text
+
+
+class JinaRequest(CompatibleRequest):
+    top_n: int | None = Field(None, ge=0)  # vLLM's clients send 0 for "all"
+    return_documents: bool = True  # Jina's and vLLM's default
+
+
+class NativeDocument(Document):
+    id: str | None = None  # defaults to the document's index
+
+
+class StrategyOverride(BaseModel):
+    """Per-request overrides of the configured strategy; unset fields keep the server's values."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Literal["sliding_window", "one_shot"] | None = None
+    window_size: int | None = Field(None, ge=1)
+    step: int | None = Field(None, ge=1)
+    depth: int | None = Field(None, ge=1)
+
+    def apply(self, base: StrategyConfig) -> StrategyConfig:
+        """The server's strategy with these overrides; ValueError if a sliding window would skip passages."""
+        merged = base.model_copy(update=self.model_dump(exclude_none=True))
+        if merged.name == "sliding_window" and merged.step > merged.window_size:
+            raise ValueError(f"strategy.step ({merged.step}) is larger than strategy.window_size "
+                             f"({merged.window_size}): passages between windows would never be ranked")
+        return merged
+
+
+class NativeRequest(_Request):
+    documents: list[Annotated[NativeDocument, BeforeValidator(_document_from_string)]]
+    qid: str | None = None
+    strategy: StrategyOverride | None = None
+    return_reasoning: bool = False
+    return_documents: bool = False
+
+    @field_validator("documents")
+    @classmethod
+    def _unique_ids(cls, documents: list[NativeDocument]) -> list[NativeDocument]:
+        seen: set[str] = set()
+        for i, doc in enumerate(documents):
+            doc_id = doc.id if doc.id is not None else str(i)
+            if doc_id in seen:
+                raise ValueError(f"document id {doc_id!r} appears more than once; ids must be unique")
+            seen.add(doc_id)
+        return documents
+
+    @property
+    def ids(self) -> list[str]:
+        return [d.id if d.id is not None else str(i) for i, d in enumerate(self.documents)]
+
+
+# ---- responses -------------------------------------------------------------------------------------------
+
+
+class RerankResult(BaseModel):
+    index: int
+    relevance_score: float
+    document: dict[str, Any] | None = None
+
+
+class ApiVersion(BaseModel):
+    version: str
+
+
+class BilledUnits(BaseModel):
+    search_units: int = 1
+
+
+class TokenUsage(BaseModel):
+    input_tokens: int
+    output_tokens: int
+
+
+class CohereMeta(BaseModel):
+    api_version: ApiVersion
+    billed_units: BilledUnits = BilledUnits()
+    tokens: TokenUsage
+
+
+class CohereResponse(BaseModel):
+    id: str
+    results: list[RerankResult]
+    meta: CohereMeta
+
+
+class JinaUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class JinaResponse(BaseModel):
+    id: str
+    model: str
+    usage: JinaUsage
+    results: list[RerankResult]
+
+
+class RankedDocument(BaseModel):
+    rank: int  # 1 = best
+    index: int  # position in the request's documents
+    id: str
+    relevance_score: float
+    text: str | None = None
+
+
+class WindowReport(BaseModel):
+    start: int  # the window's span in the list as it stood when the window ran
+    end: int
+    well_formed: bool
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    batch_size: int  # windows in the engine call that served this one (from all concurrent requests)
+    reasoning: str | None = None  # these three only when the request asks for return_reasoning
+    answer: str | None = None
+    response: str | None = None  # the model's whole output for the window, as generated
+
+
+class NativeUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    windows: int
+    malformed_windows: int
+
+
+class NativeResponse(BaseModel):
+    id: str
+    model: str
+    qid: str | None
+    strategy: StrategyConfig
+    ranking: list[RankedDocument]
+    windows: list[WindowReport]
+    usage: NativeUsage

@@ -1,0 +1,74 @@
+"""The service's pure parts, without Ray or an engine: scores, reasoning extraction, request validation,
+configs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from reasonrank.config import ConfigError, load_config
+
+from reasonrank.engines.base import Generation
+from reasonrank.strategies import EngineCall
+from serve.errors import validation_message
+from serve.config import ServeConfig
+from serve.ranking import ServedWindow, relevance_score
+from serve.schema import CohereV1Request, NativeRequest
+
+
+def _window(text: str, reasoning: str | None = None) -> ServedWindow:
+    gen = Generation(text=text, prompt_tokens=1, completion_tokens=1, latency_s=0.0, reasoning=reasoning)
+    return ServedWindow(EngineCall([], 0, 2), gen, well_formed=False, batch_size=1)
+
+
+def test_relevance_score_strictly_decreasing_in_unit_interval():
+    scores = [relevance_score(rank) for rank in range(1000)]
+    assert scores[0] == 1.0 and scores[-1] > 0
+    assert all(a > b for a, b in zip(scores, scores[1:]))
+
+
+@pytest.mark.parametrize("text,reasoning,expected", [
+    ("<think>a then b</think><answer>[2] > [1]</answer>", None, "a then b"),
+    ("<think>cut off by the token budget", None, "cut off by the token budget"),
+    ("no tags at all [1] > [2]", None, None),
+    ("<answer>[1] > [2]</answer>", "the server's own reasoning", "the server's own reasoning"),
+])
+def test_window_reasoning(text, reasoning, expected):
+    assert _window(text, reasoning).reasoning == expected
+
+
+def test_window_answer_comes_from_the_parser():
+    assert _window("<think>x</think><answer>[2] > [1]</answer>").answer == "[2] > [1]"
+    assert _window("<think>x [2] > [1]").answer is None
+
+
+def test_limit_named_in_validation_message():
+    with pytest.raises(ValidationError) as e:
+        CohereV1Request.model_validate({"query": "q", "documents": ["a"] * 4}, context={"max_documents": 3})
+    assert validation_message(e.value) == "documents: 4 documents is more than the limit of 3 per request " \
+                                          "(limits.max_documents)"
+
+
+def test_native_ids_default_to_index_and_must_be_unique():
+    body = NativeRequest.model_validate({"query": "q", "documents": ["a", {"id": "x", "text": "b"}]})
+    assert body.ids == ["0", "x"]
+    with pytest.raises(ValidationError, match="appears more than once"):
+        NativeRequest.model_validate({"query": "q", "documents": ["a", {"id": "0", "text": "b"}]})
+
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("serve-*.yaml")), ids=lambda p: p.name)
+def test_shipped_serve_configs_load(path):
+    config = load_config(path, ServeConfig)
+    options = config.deployment.serve_options()
+    assert options["autoscaling_config"]["max_replicas"] >= options["autoscaling_config"]["min_replicas"]
+
+
+def test_serve_config_names_the_wrong_key():
+    with pytest.raises(ConfigError, match=r"deployment\.resources\.gpus"):
+        load_config(CONFIGS / "serve-tiny.yaml", ServeConfig, {"deployment.resources.gpus": 1})
+    with pytest.raises(ConfigError, match="tensor_parallel_size"):
+        load_config(CONFIGS / "serve-reasonrank-7b.yaml", ServeConfig, {"engine.tensor_parallel_size": 2})
