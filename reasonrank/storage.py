@@ -69,3 +69,35 @@ def put_file(local_path: str, path: str) -> None:
     fs, root = filesystem(path)
     fs.makedirs(root.rsplit("/", 1)[0], exist_ok=True)
     fs.put_file(local_path, root)
+
+
+def is_local(path: str) -> bool:
+    fs, _ = filesystem(path)
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "file" in protocols or "local" in protocols
+
+
+def local_dir(path: str, cache_dir: str | None = None) -> str:
+    """A local folder holding what the folder `path` holds: `path` itself when local; otherwise a copy fetched
+    once into `cache_dir` (default ~/.cache/reasonrank/fetched), keyed by the URI, and reused after.
+    For model folders exported to object storage that transformers and vLLM must read from disk."""
+    import hashlib
+    import os
+    import shutil
+    import tempfile
+
+    if is_local(path):
+        return path
+    cache = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "reasonrank", "fetched")
+    target = os.path.join(cache, hashlib.sha256(path.encode()).hexdigest()[:16])
+    if os.path.isdir(target):
+        return target
+    os.makedirs(cache, exist_ok=True)
+    staging = tempfile.mkdtemp(dir=cache)
+    fs, root = filesystem(path)
+    fs.get(root.rstrip("/") + "/", staging + "/", recursive=True)
+    try:
+        os.rename(staging, target)  # atomic: a concurrent fetch of the same folder keeps one copy
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

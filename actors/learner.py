@@ -1,0 +1,285 @@
+"""The learner group: one Ray actor per DeepSpeed data-parallel rank, together one ZeRO process group
+(gloo on CPUs, NCCL on GPUs), placed as a PACKed placement group apart from the rollout engines.
+
+    driver ──train_step(shard_r, ref_logprobs_r)──▶ Learner rank r   (r = 0 … N-1, one process group)
+            ◀── loss / KL / clip / grad-norm stats ──   forward → GRPO loss → backward → ZeRO step
+
+Each rank trains on its interleaved share of the step's rollouts: micro-batches of `micro_batch_size`
+responses, `grad_accum` of them per optimizer step, `updates_per_step` optimizer steps per rollout batch
+(more than one makes the PPO ratio and its clipping bite). The loss is aggregated within a micro-batch;
+DeepSpeed then averages micro-batches and ranks (as OpenRLHF does), so "token-mean" is exact per micro-batch. The reference policy is colocated in every rank
+or, with `reference="actor"`, its log-probabilities come from `actors/reference.py` with the shard.
+Model loading, the ZeRO config, checkpoints and the Hugging Face export are the shared training code in
+`reasonrank/training/`, the same the SFT job uses.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import socket
+import tempfile
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import ray
+import torch
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from reasonrank import storage
+from reasonrank.rl.batch import pack, pad_right, response_logprobs
+from reasonrank.rl.losses import GRPOLoss
+from reasonrank.rl.reference import ReferencePolicy
+from reasonrank.rl.rollout import Rollout
+from reasonrank.training.checkpoint import load_training_state, save_training_state
+from reasonrank.training.config import DeepSpeedConfig, ModelConfig, OptimizerConfig
+
+
+@dataclass(frozen=True)
+class LearnerSpec:
+    """Everything a learner rank needs to build itself (sent to each actor)."""
+
+    model: ModelConfig
+    deepspeed: DeepSpeedConfig
+    optimizer: OptimizerConfig
+    loss: GRPOLoss
+    micro_batch_size: int  # responses per forward/backward
+    grad_accum: int  # micro-batches per optimizer step, per rank
+    updates_per_step: int  # optimizer steps per rollout batch
+    total_updates: int  # optimizer steps the LR schedule spans
+    temperature: float  # the rollouts' sampling temperature (log-probabilities are taken at it)
+    pad_id: int
+    reference: Literal["colocated", "actor", "none"] = "colocated"
+    reference_offload: bool = False
+
+
+@ray.remote
+class Learner:
+    def __init__(self, spec: LearnerSpec, rank: int, world_size: int):
+        self.spec, self.rank, self.world_size = spec, rank, world_size
+        self.engine = self.reference = None
+
+    def address(self) -> tuple[str, int]:
+        """Where rank 0 hosts the process group's rendezvous."""
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        return ray.util.get_node_ip_address(), port
+
+    def setup(self, master_addr: str, master_port: int) -> None:
+        import deepspeed
+
+        from reasonrank.training.deepspeed_engine import build_deepspeed_engine, load_causal_lm
+        from reasonrank.training.zero_config import build_ds_config
+
+        spec = self.spec = dataclasses.replace(self.spec, model=self.spec.model.model_copy(
+            update={"path": storage.local_dir(self.spec.model.path)}))
+        os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
+                          WORLD_SIZE=str(self.world_size), LOCAL_RANK="0")  # each actor sees its own device(s)
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+        ds_config = build_ds_config(spec.deepspeed, spec.optimizer, micro_batch_size=spec.micro_batch_size,
+                                    grad_accum=spec.grad_accum, world_size=self.world_size)
+        self._loaded = load_causal_lm(spec.model, ds_config)  # ZeRO-3 keeps its config alive through it
+        self.engine = build_deepspeed_engine(self._loaded.model, ds_config, spec.optimizer, spec.total_updates)
+        if spec.reference == "colocated":
+            self.reference = self._colocated_reference(ds_config)
+
+    def _colocated_reference(self, ds_config: dict[str, Any]) -> ReferencePolicy:
+        """Under ZeRO-3 a ZeRO-3 inference engine (this rank holds a shard; DeepSpeed offloads it to the CPU
+        when asked); otherwise a plain copy on this rank's device."""
+        import deepspeed
+
+        from reasonrank.training.deepspeed_engine import load_causal_lm
+
+        spec = self.spec
+        if ds_config["zero_optimization"]["stage"] != 3:
+            dtype = torch.bfloat16 if ds_config["bf16"]["enabled"] else torch.float32
+            return ReferencePolicy.load(spec.model.path, dtype, str(self.engine.device), spec.reference_offload)
+        zero = {"stage": 3, "stage3_param_persistence_threshold": ds_config["zero_optimization"].get(
+            "stage3_param_persistence_threshold", 0)}
+        if spec.reference_offload:
+            zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+        ref_config = {k: v for k, v in ds_config.items() if k != "optimizer"} | {"zero_optimization": zero}
+        self._reference_loaded = load_causal_lm(ModelConfig(path=spec.model.path), ref_config)  # sharded as it loads
+        model = self._reference_loaded.model.eval().requires_grad_(False)
+        engine, *_ = deepspeed.initialize(model=model, config=ref_config)
+        return ReferencePolicy(engine, engine.device)
+
+    def train_step(self, shard: list[Rollout], ref_logprobs: list[list[float]] | None = None) -> dict[str, float]:
+        """One rollout batch's updates on this rank's shard; returns the mean of each statistic."""
+        spec, engine = self.spec, self.engine
+        per_update = spec.micro_batch_size * spec.grad_accum
+        if len(shard) != per_update * spec.updates_per_step:
+            raise ValueError(f"rank {self.rank} got {len(shard)} rollouts, expected "
+                             f"{per_update * spec.updates_per_step} (micro batch × grad accum × updates)")
+        engine.train()
+        micro = []
+        for lo in range(0, len(shard), spec.micro_batch_size):
+            part = shard[lo: lo + spec.micro_batch_size]
+            batch = pack([r.prompt_ids for r in part], [r.response_ids for r in part], spec.pad_id)
+            micro.append((part, batch, lo))
+        old = None
+        if spec.updates_per_step > 1:  # the ratio's denominator: the weights that sampled, before any update
+            with torch.no_grad():
+                old = [response_logprobs(engine, b.to(engine.device), spec.temperature).cpu() for _, b, _ in micro]
+        totals: dict[str, float] = defaultdict(float)
+        for i, (part, batch, lo) in enumerate(micro):
+            width = batch.response_len
+            if self.reference is not None:
+                ref = self.reference.logprobs(batch, spec.temperature)
+            elif ref_logprobs is not None:
+                ref = pad_right(ref_logprobs[lo: lo + len(part)], width)
+            else:
+                ref = None
+            on_device = batch.to(engine.device)
+            logprobs = response_logprobs(engine, on_device, spec.temperature)
+            old_i = old[i].to(engine.device) if old is not None else logprobs.detach()
+            advantages = torch.tensor([r.advantage for r in part], device=engine.device)
+            loss, stats = spec.loss(logprobs, old_i, None if ref is None else ref.to(engine.device), advantages,
+                                    on_device.response_mask)
+            engine.backward(loss)
+            engine.step()
+            mask = batch.response_mask
+            current = old_i.detach().cpu()
+            # Training-inference mismatch: the engine's logprobs against the learner's, same weights and tokens;
+            # next to it, how far the policy has moved from the reference in the same units.
+            rollout_lp = pad_right([r.rollout_logprobs for r in part], width)
+            stats["logprob_diff"] = _masked_mean((rollout_lp - current).abs(), mask)
+            if ref is not None:
+                stats["ref_logprob_diff"] = _masked_mean((ref.cpu() - current).abs(), mask)
+            for k, v in stats.items():
+                totals[k] += v / len(micro)
+        totals["grad_norm"] = float(engine.get_global_grad_norm() or 0.0)
+        totals["lr"] = engine.get_lr()[0]
+        return dict(totals)
+
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """The full weights on rank 0 (ZeRO-3 gathers them: every rank must call), None elsewhere."""
+        state = {name: t.detach().cpu().clone() for name, t in full_parameters(self) if self.rank == 0}
+        return state if self.rank == 0 else None
+
+    def save(self, path: str, trainer_state: dict[str, Any]) -> None:
+        """Model, optimizer, schedule and RNGs of this rank (collective) under `path` (folder or URI)."""
+        with _local_copy(path, upload=True) as local:
+            save_training_state(self.engine, local, trainer_state)
+
+    def load(self, path: str) -> dict[str, Any]:
+        with _local_copy(path, download=True) as local:
+            return load_training_state(self.engine, local)
+
+    def export(self, out: str) -> None:
+        """The policy as a Hugging Face folder at `out` (with the starting model's tokenizer)."""
+        from transformers import AutoTokenizer
+
+        from reasonrank.training.export import export_hf
+
+        export_hf(self.engine, AutoTokenizer.from_pretrained(self.spec.model.path), out)
+
+
+def full_parameters(learner: Learner) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, full tensor) of every parameter, on rank 0, in a fixed order. Under ZeRO-3 every rank must
+    iterate together: materialising each parameter is a collective gather. Tied weights appear once."""
+    import deepspeed
+
+    engine = learner.engine
+    zero3 = engine.zero_optimization_partition_weights()
+    for name, param in engine.module.named_parameters():
+        if zero3:
+            with deepspeed.zero.GatheredParameters([param]):
+                yield name, param.data
+        elif learner.rank == 0:
+            yield name, param.data
+
+
+def parameter_specs(learner: Learner) -> list[tuple[str, str, tuple[int, ...]]]:
+    """(name, dtype, full shape) of what `full_parameters` yields, without gathering anything."""
+    engine = learner.engine
+    zero3 = engine.zero_optimization_partition_weights()
+    return [(name, str(p.dtype).removeprefix("torch."), tuple(p.ds_shape if zero3 else p.shape))
+            for name, p in engine.module.named_parameters()]
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
+    return (values * mask).sum().item() / mask.sum().clamp(min=1).item()
+
+
+class _local_copy:
+    """A local folder standing for `path`: the path itself when local, else a temporary folder uploaded to
+    (or downloaded from) the URI. Each rank moves only the files it wrote."""
+
+    def __init__(self, path: str, upload: bool = False, download: bool = False):
+        self.fs, self.root = storage.filesystem(path)
+        self.remote = not storage.is_local(path)
+        self.upload, self.download = upload, download
+
+    def __enter__(self) -> str:
+        if not self.remote:
+            return self.root
+        self.tmp = tempfile.mkdtemp()
+        if self.download:
+            self.fs.get(self.root + "/", self.tmp + "/", recursive=True)
+        return self.tmp
+
+    def __exit__(self, *exc) -> None:
+        if self.remote:
+            if self.upload and exc[0] is None:
+                self.fs.put(self.tmp + "/", self.root + "/", recursive=True)
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class LearnerGroup:
+    """The driver's handle on the N learner ranks: builds them, splits work, gathers statistics."""
+
+    def __init__(self, spec: LearnerSpec, replicas: int, num_cpus: float, num_gpus: float):
+        bundle = {"CPU": num_cpus, **({"GPU": num_gpus} if num_gpus else {})}
+        self.placement = placement_group([bundle] * replicas, strategy="PACK")
+        ray.get(self.placement.ready())
+        self.actors = [
+            Learner.options(num_cpus=num_cpus, num_gpus=num_gpus, scheduling_strategy=PlacementGroupSchedulingStrategy(
+                self.placement, placement_group_bundle_index=r)).remote(spec, r, replicas)
+            for r in range(replicas)]
+        addr, port = ray.get(self.actors[0].address.remote())
+        self._setup = [a.setup.remote(addr, port) for a in self.actors]
+
+    def ready(self) -> list[ray.ObjectRef]:
+        """References that resolve once every rank has its DeepSpeed engine (and reference model)."""
+        return self._setup
+
+    def __len__(self) -> int:
+        return len(self.actors)
+
+    def train_step(self, rollouts: Sequence[Rollout], ref_logprobs: Sequence[list[float]] | None = None
+                   ) -> dict[str, float]:
+        """Rank r trains on rollouts r, r + N, r + 2N, … (groups spread over ranks); stats averaged over ranks."""
+        n = len(self.actors)
+        refs = [a.train_step.remote(list(rollouts[r::n]), None if ref_logprobs is None else list(ref_logprobs[r::n]))
+                for r, a in enumerate(self.actors)]
+        per_rank = ray.get(refs)
+        return {k: sum(s[k] for s in per_rank) / n for k in per_rank[0]}
+
+    def full_state_dict(self) -> ray.ObjectRef:
+        """An object-store reference to rank 0's full weights (the driver owns it, so it outlives the call)."""
+        refs = [a.full_state_dict.remote() for a in self.actors]
+        ray.get(refs[1:])
+        return refs[0]
+
+    def save(self, path: str, trainer_state: dict[str, Any]) -> None:
+        ray.get([a.save.remote(path, trainer_state) for a in self.actors])
+
+    def load(self, path: str) -> dict[str, Any]:
+        return ray.get([a.load.remote(path) for a in self.actors])[0]
+
+    def export(self, out: str) -> None:
+        ray.get([a.export.remote(out) for a in self.actors])
+
+    def run_on_all(self, fn: Callable[..., Any], *args: Any) -> list[Any]:
+        """`fn(learner, *args)` in every rank's process at once (collectives need them all); results by rank."""
+        return ray.get([a.__ray_call__.remote(fn, *args) for a in self.actors])
+
+    def close(self) -> None:
+        for a in self.actors:
+            ray.kill(a)
+        remove_placement_group(self.placement)

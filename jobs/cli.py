@@ -1,0 +1,104 @@
+"""The `reasonrank` command: one subcommand per job, each running the same code as `python -m jobs.<job>`."""
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from cluster.stages import Stage
+from jobs.common import parse_overrides
+
+app = typer.Typer(help="Train and serve reasoning rerankers on Ray.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="YAML config file", exists=True, dir_okay=False)]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override a config key: key.sub=value")]
+
+
+def _run_job(module: str, config: Path, overrides: list[str] | None) -> None:
+    from reasonrank.config import ConfigError
+
+    job = importlib.import_module(f"jobs.{module}")
+    try:
+        summary = job.run(str(config), parse_overrides(overrides or []))
+    except ConfigError as e:
+        typer.echo(f"config error: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+@app.command()
+def demo(config: Annotated[Optional[Path], typer.Option("--config", "-c", exists=True, dir_okay=False,
+                                                        help="pipeline config (default: the demo)")] = None,
+         set_: SetOpt = None) -> None:
+    """The demo pipeline: synthesize → SFT → GRPO → evaluate untrained/SFT/GRPO on held-out demo queries."""
+    from jobs import demo as demo_job
+
+    summary = demo_job.run(str(config) if config else None, parse_overrides(set_ or []))
+    typer.echo(json.dumps({k: summary[k] for k in ("models", "metrics", "plot")}, indent=2, default=str))
+
+
+@app.command()
+def evaluate(config: ConfigOpt, set_: SetOpt = None) -> None:
+    """Rerank a first-stage run with a model and strategy; write the TREC run, metrics and window log."""
+    _run_job("evaluate", config, set_)
+
+
+@app.command()
+def synthesize(config: ConfigOpt, set_: SetOpt = None) -> None:
+    """Label queries' candidates with a teacher LLM, filter for self-consistency, write the SFT and RL sets."""
+    _run_job("synthesize", config, set_)
+
+
+@app.command()
+def sft(config: ConfigOpt, set_: SetOpt = None) -> None:
+    """Cold-start SFT with Ray Train + DeepSpeed; checkpoints resume a preempted or resubmitted run."""
+    _run_job("sft", config, set_)
+
+
+@app.command()
+def grpo(config: ConfigOpt, set_: SetOpt = None) -> None:
+    """GRPO on Ray actors: vLLM rollouts, reward actors, DeepSpeed learners; weights pushed every step."""
+    _run_job("grpo", config, set_)
+
+
+@app.command()
+def serve(config: ConfigOpt, set_: SetOpt = None) -> None:
+    """Serve a reranker over HTTP (Cohere v1/v2, Jina, native APIs) until Ctrl-C; prints the URL."""
+    _run_job("serve", config, set_)
+
+
+@app.command()
+def submit(
+    stage: Annotated[Stage, typer.Argument(help="the stage: its job module jobs.<stage> runs on the cluster")],
+    config: ConfigOpt,
+    set_: SetOpt = None,
+    address: Annotated[Optional[str], typer.Option(help="Ray dashboard, e.g. http://127.0.0.1:8265")] = None,
+    runtime: Annotated[Optional[Path], typer.Option(
+        "--runtime", help="submit config: working_dir, env vars, pip (configs/submit-*.yaml)",
+        exists=True, dir_okay=False)] = None,
+    wait: Annotated[bool, typer.Option(help="follow the logs until the job ends")] = True,
+) -> None:
+    """Submit a stage to a Ray cluster (local or KubeRay) through the Jobs API; follow it; exit with its status."""
+    import logging
+
+    from cluster.submit import load_submit_config, submit_stage
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    parse_overrides(set_ or [])  # a malformed --set fails here, not on the cluster
+    try:
+        job = submit_stage(stage, config, set_ or [], load_submit_config(runtime), address)
+    except (ValueError, FileNotFoundError, ConnectionError) as e:  # bad config or path, no cluster there
+        typer.echo(f"cannot submit: {e}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        status = job.follow() if wait else job.status()
+    except KeyboardInterrupt:
+        typer.echo(f"stopped following; {job.submission_id} goes on (ray job stop {job.submission_id})", err=True)
+        raise typer.Exit(130) from None
+    typer.echo(json.dumps({"submission_id": job.submission_id, "stage": stage.value, "status": status.value}, indent=2))
+    if wait and status.value != "SUCCEEDED":
+        raise typer.Exit(1)

@@ -1,0 +1,408 @@
+"""GRPO on Ray actors: the SFT model and the RL set → a model trained with the multi-view ranking reward.
+
+    python -m jobs.grpo --config configs/grpo-tiny.yaml [--set steps=20]      (or `reasonrank grpo …`)
+
+Per step (on-policy, synchronous):
+    1. the sampler takes `prompts_per_step` RL rows (a reshuffled pass per epoch, resumable cursor);
+    2. rollout workers (vLLM) sample `group_size` responses per prompt with the current weights version;
+    3. reward actors score each response (multi-view reward) — the reference actor, when there is one,
+       scores the same tokens meanwhile;
+    4. group-relative advantages; the learner group (DeepSpeed ZeRO) takes the clipped-loss + KL steps;
+    5. the new weights are pushed to every engine as version step + 1, before the next rollouts.
+
+Every `checkpoint_every` steps: learner state, optimizer, schedule, RNGs, step, data cursor and the metric
+history under `<output_dir>/checkpoints/step-N` (a local folder or a URI). A rerun with the same config
+resumes from the newest complete checkpoint: it loads it, pushes those weights to the engines FIRST, and
+continues with the rows it had not reached. Outputs: `metrics.jsonl` (one line per step: reward mean/std,
+well-formed share, window NDCG/Recall/RBO, KL, loss, clip share, step time split), `evals.jsonl`,
+`reward_curve.png`, `final/` (Hugging Face model) and `summary.json`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import tempfile
+import time
+from typing import Any, Literal
+
+import ray
+import torch
+from pydantic import Field, model_validator
+
+from jobs.common import init_ray, main
+from reasonrank import storage
+from reasonrank.config import DataConfig, EngineConfig, Strict, load_config
+from reasonrank.data.training_sets import RLSample
+from reasonrank.engines.base import SamplingParams
+from reasonrank.reward import RewardWeights
+from reasonrank.rl.advantages import ADVANTAGE_ESTIMATORS
+from reasonrank.rl.curves import plot_reward_curve
+from reasonrank.rl.losses import AGGREGATIONS, GRPOLoss
+from reasonrank.rl.kl import KL_ESTIMATORS
+from reasonrank.rl.rollout import Rollout
+from reasonrank.rl.sampler import PromptSampler
+from reasonrank.training.config import DeepSpeedConfig, ModelConfig, OptimizerConfig
+
+log = logging.getLogger("jobs.grpo")
+
+AdvantageName = Literal[tuple(ADVANTAGE_ESTIMATORS)]  # type: ignore[valid-type]
+AggregationName = Literal[tuple(AGGREGATIONS)]  # type: ignore[valid-type]
+KLName = Literal[tuple(KL_ESTIMATORS)]  # type: ignore[valid-type]
+
+
+class AlgorithmConfig(Strict):
+    """ReasonRank's GRPO hyperparameters are the defaults."""
+
+    group_size: int = Field(8, ge=2)  # responses per prompt
+    prompts_per_step: int = Field(16, ge=1)
+    updates_per_step: int = Field(1, ge=1)  # optimizer steps per rollout batch (>1: PPO-style mini-batches)
+    advantage: AdvantageName = "grpo"
+    loss_aggregation: AggregationName = "token_mean"
+    kl_estimator: KLName = "k3"
+    kl_coef: float = Field(0.001, ge=0.0)
+    clip_eps: float = Field(0.2, gt=0.0)
+
+
+class RolloutConfig(Strict):
+    engine: EngineConfig = EngineConfig(backend="vllm", max_model_len=16384)  # `model` comes from the top level
+    replicas: int = Field(1, ge=1)
+    num_cpus: float = Field(1.0, gt=0)
+    num_gpus: float = Field(0.0, ge=0)  # per replica: engine.tensor_parallel_size on GPU clusters
+    temperature: float = Field(1.0, gt=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(3072, ge=1)
+    passage_max_tokens: int | None = 512
+
+
+class LearnerConfig(Strict):
+    replicas: int = Field(1, ge=1)  # DeepSpeed data-parallel ranks
+    num_cpus: float = Field(1.0, gt=0)
+    num_gpus: float = Field(0.0, ge=0)
+    micro_batch_size: int = Field(2, ge=1)  # responses per forward/backward
+    gradient_checkpointing: bool = False
+    attn_implementation: str | None = None
+    deepspeed: DeepSpeedConfig = DeepSpeedConfig(zero_stage=3)
+    optimizer: OptimizerConfig = OptimizerConfig(lr=1e-6, warmup_ratio=0.0, schedule="constant_with_warmup")
+
+
+class ReferenceConfig(Strict):
+    placement: Literal["colocated", "actor"] = "colocated"
+    offload: bool = False  # colocated: wait on the CPU between forward passes (GPU memory for the policy)
+    num_cpus: float = Field(1.0, gt=0)  # placement=actor
+    num_gpus: float = Field(0.0, ge=0)
+
+
+class RewardConfig(Strict):
+    weights: RewardWeights = RewardWeights()
+    replicas: int = Field(1, ge=1)
+    num_cpus: float = Field(0.25, gt=0)
+
+
+class EvalConfig(Strict):
+    """The fixed evaluation set: mean reward of `samples` responses per prompt (with the same seeds every time
+    where the engine takes per-request seeds: vLLM on CUDA)."""
+
+    rl_set: str | None = None  # RLSample rows (the first num_prompts); the training rl_set itself: those rows are
+    # held out of training; None: the gold set of `data` restricted to `split`
+    split: str = "test"
+    num_prompts: int = Field(16, ge=1)
+    samples: int = Field(4, ge=1)
+    temperature: float = Field(1.0, gt=0.0)
+    every: int = Field(0, ge=0)  # steps between evaluations; 0: before the first step and after the last
+    seed: int = 1234
+
+
+class GRPOConfig(Strict):
+    model: str = "outputs/sft-demo/final"  # the SFT export (Hugging Face folder): policy, reference, engines
+    rl_set: str | None = None  # RLSample rows (.parquet/.jsonl, e.g. the synthesize job's rl.parquet)
+    data: DataConfig = DataConfig(split="train", first_stage_depth=20)  # rl_set=None: gold set from the qrels
+    window: int = Field(20, ge=2)  # gold set: passages per prompt
+    steps: int = Field(100, ge=1)
+    seed: int = 0
+    algorithm: AlgorithmConfig = AlgorithmConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    learner: LearnerConfig = LearnerConfig()
+    reference: ReferenceConfig = ReferenceConfig()
+    reward: RewardConfig = RewardConfig()
+    eval: EvalConfig = EvalConfig()
+    weight_sync: Literal["auto", "object_store", "nccl"] = "auto"
+    checkpoint_every: int = Field(10, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    export: bool = True  # write the final model to <output_dir>/final
+    output_dir: str = "outputs/grpo"
+    ray_num_cpus: int | None = 8  # logical CPUs of an embedded Ray (ignored on a cluster)
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        a, lr = self.algorithm, self.learner
+        per_update = lr.replicas * lr.micro_batch_size * a.updates_per_step
+        rollouts = a.prompts_per_step * a.group_size
+        if rollouts % per_update:
+            raise ValueError(
+                f"algorithm.prompts_per_step × group_size = {rollouts} rollouts per step must divide evenly over "
+                f"learner.replicas × learner.micro_batch_size × algorithm.updates_per_step = {per_update}")
+        if "model" in self.rollout.engine.model_fields_set and self.rollout.engine.model != self.model:
+            raise ValueError("rollout.engine.model: leave it out; the engines load `model` (the policy's start)")
+        if self.rollout.engine.backend != "vllm":
+            raise ValueError("rollout.engine.backend: rollouts need the vllm backend (weights pushed in place)")
+        if self.learner.deepspeed.offload_params and self.weight_sync == "nccl":
+            raise ValueError("weight_sync=nccl with offload_params: the broadcast needs the weights on the GPU")
+        return self
+
+    def learner_model(self) -> ModelConfig:
+        return ModelConfig(path=self.model, attn_implementation=self.learner.attn_implementation,
+                           gradient_checkpointing=self.learner.gradient_checkpointing)
+
+
+def run(config_path: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    cfg = load_config(config_path, GRPOConfig, overrides)
+    init_ray(cfg.ray_num_cpus)
+    trainer = GRPOTrainer(cfg)
+    try:
+        return trainer.train()
+    finally:
+        trainer.close()
+
+
+def load_rl_set(path: str | None, data: DataConfig, window: int) -> list[RLSample]:
+    """RL rows from a table, or the gold set of `data` (relevance labels as the teacher)."""
+    if path is not None:
+        from reasonrank.data.tables import read_records
+
+        rows = [RLSample.from_record(r) for r in read_records(path)]
+        if not rows:
+            raise ValueError(f"{path}: the RL set has no rows")
+        return rows
+    from reasonrank.rl.gold_set import gold_rl_samples
+
+    return gold_rl_samples(data.load(), window)
+
+
+class GRPOTrainer:
+    """The actors of one GRPO run and the loop that drives them."""
+
+    def __init__(self, cfg: GRPOConfig):
+        from transformers import AutoTokenizer
+
+        from actors.learner import LearnerGroup, LearnerSpec
+        from actors.reward_worker import RewardPool
+        from actors.rollout_worker import RolloutGroup
+        from actors.weight_sync import build_weight_sync
+
+        self.cfg = cfg
+        a = cfg.algorithm
+        self.rl_set = load_rl_set(cfg.rl_set, cfg.data, cfg.window)
+        if cfg.eval.rl_set is not None and cfg.eval.rl_set == cfg.rl_set:  # a slice of the RL set, held out of training
+            self.eval_set = self.rl_set[: cfg.eval.num_prompts]
+            self.rl_set = self.rl_set[cfg.eval.num_prompts:]
+        else:
+            eval_data = cfg.data.model_copy(update={"split": cfg.eval.split})
+            self.eval_set = load_rl_set(cfg.eval.rl_set, eval_data, cfg.window)[: cfg.eval.num_prompts]
+        self.sampler = PromptSampler(len(self.rl_set), cfg.seed)
+        tokenizer = AutoTokenizer.from_pretrained(storage.local_dir(cfg.model))
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        log.info("RL set: %d prompts; eval set: %d prompts; %d steps of %d prompts × %d responses",
+                 len(self.rl_set), len(self.eval_set), cfg.steps, a.prompts_per_step, a.group_size)
+
+        self.rollouts = RolloutGroup(cfg.rollout.engine.model_copy(update={"model": cfg.model}),
+                                     cfg.rollout.replicas, cfg.rollout.num_cpus, cfg.rollout.num_gpus,
+                                     cfg.rollout.passage_max_tokens)
+        self.rewards = RewardPool(cfg.reward.weights, cfg.reward.replicas, cfg.reward.num_cpus)
+        per_rank = a.prompts_per_step * a.group_size // cfg.learner.replicas
+        spec = LearnerSpec(
+            model=cfg.learner_model(), deepspeed=cfg.learner.deepspeed, optimizer=cfg.learner.optimizer,
+            loss=GRPOLoss(a.clip_eps, a.kl_coef, a.kl_estimator, a.loss_aggregation),
+            micro_batch_size=cfg.learner.micro_batch_size,
+            grad_accum=per_rank // (cfg.learner.micro_batch_size * a.updates_per_step),
+            updates_per_step=a.updates_per_step, total_updates=cfg.steps * a.updates_per_step,
+            temperature=cfg.rollout.temperature, pad_id=pad_id,
+            reference="none" if a.kl_coef == 0 else cfg.reference.placement,
+            reference_offload=cfg.reference.offload)
+        self.learners = LearnerGroup(spec, cfg.learner.replicas, cfg.learner.num_cpus, cfg.learner.num_gpus)
+        self.reference = None
+        if spec.reference == "actor":
+            from actors.reference import ReferenceWorker
+
+            self.reference = ReferenceWorker.options(
+                num_cpus=cfg.reference.num_cpus, num_gpus=cfg.reference.num_gpus).remote(
+                cfg.model, cfg.learner.deepspeed.use_bf16(), cfg.learner.micro_batch_size,
+                cfg.rollout.temperature, pad_id)
+        ray.get(self.rollouts.ready() + self.learners.ready())  # all start-ups overlap
+        self.sync = build_weight_sync(cfg.weight_sync, self.learners, self.rollouts)
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        self.evals: list[dict[str, Any]] = []
+
+    # --- the loop ---------------------------------------------------------------------------------------------
+
+    def train(self) -> dict[str, Any]:
+        cfg = self.cfg
+        resumed = self.resume()
+        if not self.evals:
+            self.evaluate()
+        while self.step < cfg.steps:
+            metrics = self.train_step()
+            log.info("step %d/%d  reward %.3f±%.3f  well-formed %.0f%%  kl %.4f  loss %.4f  "
+                     "time %.1fs (gen %.1f, reward %.1f, learn %.1f, push %.1f)",
+                     self.step, cfg.steps, metrics["reward_mean"], metrics["reward_std"],
+                     100 * metrics["well_formed"], metrics.get("kl", 0.0), metrics["loss"], metrics["time_step"],
+                     metrics["time_generate"], metrics["time_reward"], metrics["time_learn"], metrics["time_push"])
+            if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < cfg.steps:
+                self.evaluate()
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                self.save_checkpoint()
+            self.write_reports()
+        if self.evals[-1]["step"] != self.step:
+            self.evaluate()
+        if cfg.export:
+            self.learners.export(storage.join(cfg.output_dir, "final"))
+        return self.write_reports(resumed_from=resumed)
+
+    def train_step(self) -> dict[str, Any]:
+        cfg, a = self.cfg, self.cfg.algorithm
+        started = time.perf_counter()
+        samples = [self.rl_set[i] for i in self.sampler.next_indices(a.prompts_per_step)]
+        params = SamplingParams(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                                max_new_tokens=cfg.rollout.max_new_tokens, n=a.group_size,
+                                seed=cfg.seed * 1_000_003 + self.step * 1_000, logprobs=True)
+        t0 = time.perf_counter()
+        rollouts = self.rollouts.generate(samples, params, self.sync.version, self.sync.refresh)
+        t1 = time.perf_counter()
+        reference = self.reference.logprobs.remote(rollouts) if self.reference is not None else None
+        self._score(rollouts, samples)
+        t2 = time.perf_counter()
+        ref_logprobs = ray.get(reference) if reference is not None else None
+        t3 = time.perf_counter()
+        rewards = torch.tensor([r.reward for r in rollouts]).view(a.prompts_per_step, a.group_size)
+        advantages = ADVANTAGE_ESTIMATORS[a.advantage](rewards).flatten().tolist()
+        for r, adv in zip(rollouts, advantages):
+            r.advantage = adv
+        learner_stats = self.learners.train_step(rollouts, ref_logprobs)
+        t4 = time.perf_counter()
+        self.step += 1
+        self.sync.push(self.step)
+        t5 = time.perf_counter()
+        metrics = {"step": self.step, "weights_version": rollouts[0].weights_version,
+                   "prompts": [s.id for s in samples], "rollouts": len(rollouts),
+                   **_rollout_metrics(rollouts), **learner_stats,
+                   "time_sample": t0 - started, "time_generate": t1 - t0, "time_reward": t2 - t1,
+                   "time_reference": t3 - t2, "time_learn": t4 - t3, "time_push": t5 - t4,
+                   "time_step": t5 - started}
+        self.history.append(metrics)
+        return metrics
+
+    def _score(self, rollouts: list[Rollout], samples: list[RLSample]) -> None:
+        breakdowns = self.rewards.score([r.text for r in rollouts], [samples[r.group] for r in rollouts])
+        for r, b in zip(rollouts, breakdowns):
+            r.reward = b["reward"]
+            r.reward_terms = {k: v for k, v in b.items() if k != "reward"}
+
+    def evaluate(self) -> dict[str, Any]:
+        """Mean reward over the fixed evaluation set with the current weights (same seeds every time)."""
+        e = self.cfg.eval
+        params = SamplingParams(temperature=e.temperature, top_p=self.cfg.rollout.top_p,
+                                max_new_tokens=self.cfg.rollout.max_new_tokens, n=e.samples, seed=e.seed,
+                                logprobs=True)
+        rollouts = self.rollouts.generate(self.eval_set, params, self.sync.version, self.sync.refresh)
+        self._score(rollouts, self.eval_set)
+        result = {"step": self.step, **_rollout_metrics(rollouts)}
+        self.evals.append(result)
+        log.info("eval at step %d: reward %.3f, well-formed %.0f%%, window NDCG@10 %.3f", self.step,
+                 result["reward_mean"], 100 * result["well_formed"], result["ndcg"])
+        return result
+
+    # --- checkpoints ------------------------------------------------------------------------------------------
+
+    def _checkpoint_dir(self, step: int) -> str:
+        return storage.join(self.cfg.output_dir, "checkpoints", f"step-{step:06d}")
+
+    def save_checkpoint(self) -> None:
+        path = self._checkpoint_dir(self.step)
+        state = {"step": self.step, "sampler": self.sampler.state_dict(), "history": self.history,
+                 "evals": self.evals}
+        self.learners.save(path, state)
+        # Written last: a checkpoint folder without it is incomplete (the job died while saving).
+        storage.write_text_atomic(storage.join(path, "trainer_state.json"), json.dumps(state))
+        log.info("checkpoint at step %d: %s", self.step, path)
+        complete = _complete_checkpoints(self.cfg.output_dir)
+        for old in complete[: -self.cfg.keep_checkpoints]:
+            fs, root = storage.filesystem(self._checkpoint_dir(old))
+            fs.rm(root, recursive=True)
+
+    def resume(self) -> int | None:
+        """Continue from the newest complete checkpoint, if any: learner state, cursor, history, then the
+        weights pushed to the engines before any rollout. Returns the step resumed at."""
+        complete = _complete_checkpoints(self.cfg.output_dir)
+        if not complete:
+            return None
+        step = complete[-1]
+        path = self._checkpoint_dir(step)
+        state = self.learners.load(path)
+        self.sampler.load_state_dict(state["sampler"])
+        self.step, self.history, self.evals = state["step"], state["history"], state["evals"]
+        self.sync.push(self.step)
+        log.info("resumed from %s at step %d (data epoch %d, position %d); engines hold weights version %d",
+                 path, self.step, self.sampler.epoch, self.sampler.position, self.sync.version)
+        return step
+
+    # --- reports ----------------------------------------------------------------------------------------------
+
+    def write_reports(self, resumed_from: int | None = None) -> dict[str, Any]:
+        out = self.cfg.output_dir
+        storage.write_jsonl_atomic(storage.join(out, "metrics.jsonl"), self.history)
+        storage.write_jsonl_atomic(storage.join(out, "evals.jsonl"), self.evals)
+        with tempfile.TemporaryDirectory() as tmp:
+            png = plot_reward_curve([m["weights_version"] for m in self.history],
+                                    [m["reward_mean"] for m in self.history],
+                                    [m["reward_std"] for m in self.history], [e["step"] for e in self.evals],
+                                    [e["reward_mean"] for e in self.evals], os.path.join(tmp, "reward_curve.png"),
+                                    f"GRPO · {os.path.basename(self.cfg.model.rstrip('/'))}")
+            storage.put_file(str(png), storage.join(out, "reward_curve.png"))
+        summary = {"steps": self.step, "resumed_from": resumed_from, "model": self.cfg.model,
+                   "eval_before": self.evals[0] if self.evals else None,
+                   "eval_after": self.evals[-1] if self.evals else None,
+                   "rollout_restarts": self.rollouts.restarts,
+                   "final_model": storage.join(out, "final") if self.cfg.export else None}
+        storage.write_text_atomic(storage.join(out, "summary.json"), json.dumps(summary, indent=2))
+        return summary
+
+    def close(self) -> None:
+        for part in ("sync", "rollouts", "rewards", "learners"):
+            if hasattr(self, part):
+                getattr(self, part).close()
+        if getattr(self, "reference", None) is not None:
+            ray.kill(self.reference)
+
+
+def _complete_checkpoints(output_dir: str) -> list[int]:
+    """Steps of the checkpoints whose saving finished, oldest first."""
+    root = storage.join(output_dir, "checkpoints")
+    steps = []
+    for name in storage.listdir(root):
+        if name.startswith("step-") and storage.exists(storage.join(root, name, "trainer_state.json")):
+            steps.append(int(name.removeprefix("step-")))
+    return sorted(steps)
+
+
+def _rollout_metrics(rollouts: list[Rollout]) -> dict[str, float]:
+    rewards = [r.reward for r in rollouts]
+    n = len(rollouts)
+
+    def mean_term(name: str) -> float:
+        return sum(float(r.reward_terms.get(name, 0.0)) for r in rollouts) / n
+
+    return {
+        "reward_mean": statistics.fmean(rewards),
+        "reward_std": statistics.pstdev(rewards),
+        "well_formed": sum(r.reward_terms.get("outcome") == "scored" for r in rollouts) / n,
+        "malformed": sum(r.reward_terms.get("outcome") == "malformed" for r in rollouts) / n,
+        "ndcg": mean_term("ndcg"), "recall": mean_term("recall"), "rbo": mean_term("rbo"),
+        "response_tokens": statistics.fmean(len(r.response_ids) for r in rollouts),
+        "truncated": sum(r.finish_reason == "length" for r in rollouts) / n,
+    }
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(run, __doc__))

@@ -1,0 +1,308 @@
+"""Cold-start SFT: fine-tune a causal LM on the SFT set with Ray Train (TorchTrainer) and DeepSpeed.
+
+    python -m jobs.sft --config configs/sft-tiny.yaml [--set train.max_steps=40]
+
+The recipe:
+1. The SFT set (Parquet: id, qid, domain, messages) goes through Ray Data: read, tokenized once with
+   assistant-only loss masks; samples over `data.max_seq_len` are left out, counted and named in the log.
+   Each epoch streams the set into the workers in a fixed order, split equally between them and shuffled
+   per epoch with a fixed seed.
+2. Each Ray Train worker runs a DeepSpeed engine (ZeRO stage from the config) and the SFT loop.
+3. Every `train.checkpoint_every` steps each worker saves its part of the DeepSpeed checkpoint, its RNG state
+   and the data cursor (epoch, step in epoch); Ray Train stores them under `<storage.path>/<storage.name>`.
+   A lost worker (a spot preemption) restarts the group from the latest checkpoint, up to
+   `scaling.max_failures` times; a killed job resubmitted with the same config resumes from it too.
+4. At the end: a Hugging Face export in `<output_dir>/final` (what evaluate and vLLM load), the per-step
+   history and a loss-curve plot next to it. Each attempt's own step log is kept under
+   `<storage.path>/<storage.name>/attempts/` (replayed steps included), for post-mortems.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+from functools import partial
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from fsspec.implementations.local import LocalFileSystem
+
+from jobs.common import init_ray, main
+from jobs.sft_config import SFTConfig, SFTDataConfig
+from reasonrank import storage
+from reasonrank.config import load_config
+from reasonrank.training.sft_loop import MicroBatch, TrainPlan, TrainState
+
+log = logging.getLogger("jobs.sft")
+
+_WORKER_ENV = ("TORCH_EXTENSIONS_DIR", "TOKENIZERS_PARALLELISM", "HF_HUB_OFFLINE")
+
+
+def run(config_path: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    return train(load_config(config_path, SFTConfig, overrides))
+
+
+def train(cfg: SFTConfig) -> dict[str, Any]:
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    _prepare_inputs(cfg)
+    init_ray(cfg.ray_num_cpus)
+    dataset, kept, pad_id = _tokenized_dataset(cfg)
+    plan = _plan(cfg, kept)
+    run_dir = storage.join(_absolute(cfg.storage.path), cfg.storage.name)
+    log.info("SFT: %d samples, %d workers, %d steps (%d per epoch); checkpoints in %s", kept,
+             cfg.scaling.num_workers, plan.total_steps, plan.steps_per_epoch, run_dir)
+    ingest = ray.train.DataConfig.default_ingest_options()
+    ingest.preserve_order = True  # the same split and order on every attempt: a resume continues the data
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "plan": asdict(plan), "pad_id": pad_id,
+                           "run_dir": run_dir},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+            resources_per_worker=dict(cfg.scaling.resources_per_worker),
+            placement_strategy=cfg.scaling.placement_strategy),
+        run_config=ray.train.RunConfig(
+            name=cfg.storage.name, storage_path=_absolute(cfg.storage.path),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.scaling.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            worker_runtime_env={"env_vars": {k: os.environ[k] for k in _WORKER_ENV if k in os.environ}}),
+        datasets={"train": dataset},
+        dataset_config=ray.train.DataConfig(execution_options=ingest, enable_shard_locality=False),
+    )
+    result = trainer.fit()
+    return _summary(cfg, plan, kept, run_dir, result)
+
+
+# --- inputs ------------------------------------------------------------------------------------------
+
+def _absolute(path: str) -> str:
+    return path if "://" in path else os.path.abspath(path)
+
+
+def _prepare_inputs(cfg: SFTConfig) -> None:
+    """Build what the tiny demo profile asks for and is missing: the tiny model, the demo SFT set."""
+    demo = cfg.data.demo
+    if cfg.build_tiny_model:
+        from reasonrank.data.demo import ensure_demo_dataset
+        from reasonrank.tiny_model import ensure_tiny_model
+
+        ensure_tiny_model(cfg.model.path, ensure_demo_dataset(demo.demo_dir if demo else "outputs/demo").texts())
+    if demo is not None and not storage.exists(cfg.data.path):
+        from transformers import AutoTokenizer
+
+        from reasonrank.data.demo import ensure_demo_dataset
+        from reasonrank.data.tables import write_records
+        from reasonrank.prompt import PassageTruncator
+        from reasonrank.training.demo_set import demo_sft_samples
+
+        truncate = PassageTruncator(AutoTokenizer.from_pretrained(cfg.model.path), demo.passage_max_tokens)
+        samples = demo_sft_samples(ensure_demo_dataset(demo.demo_dir).load(), depth=demo.depth,
+                                   window_size=demo.window_size, step=demo.step,
+                                   shuffled_windows=demo.shuffled_windows, seed=demo.seed, truncate=truncate)
+        write_records(cfg.data.path, [s.to_record() for s in samples])
+        log.info("wrote the demo SFT set: %d samples → %s", len(samples), cfg.data.path)
+
+
+def _tokenized_dataset(cfg: SFTConfig):
+    """The tokenized training set (over-long samples left out), its number of samples, the pad id.
+
+    Tokenized once, by Ray Data tasks (rebuilt from lineage if a node holding blocks is lost), and kept in
+    the object store, so each epoch streams it without tokenizing again.
+    """
+    import ray.data
+    from transformers import AutoTokenizer
+
+    from reasonrank.training.chat_tokenize import tokenize_chat_batch
+
+    data: SFTDataConfig = cfg.data
+    if not storage.exists(data.path):
+        raise FileNotFoundError(f"data.path: no SFT set at {data.path}")
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    rows = ray.data.read_parquet(data.path)
+    if missing := {"id", "messages"} - set(rows.schema().names):
+        raise ValueError(f"{data.path}: SFT rows need column(s) {sorted(missing)}; found {rows.schema().names}")
+    tokenized = rows.map_batches(tokenize_chat_batch, batch_format="pyarrow", batch_size=data.tokenize_batch_rows,
+                                 fn_kwargs={"tokenizer_path": cfg.model.path,
+                                            "max_seq_len": data.max_seq_len}).materialize()
+    stats = tokenized.select_columns(["id", "num_tokens", "fits"]).to_pandas()
+    if stats.empty:
+        raise ValueError(f"{data.path}: the SFT set is empty")
+    overlong = stats[~stats.fits]
+    if len(overlong):
+        log.warning("left out %d of %d samples longer than data.max_seq_len=%d tokens (longest %d): %s",
+                    len(overlong), len(stats), data.max_seq_len, overlong.num_tokens.max(),
+                    ", ".join(overlong.id.astype(str).head(10)))
+    log.info("tokenized %d samples: %.0f tokens on average, %d at most", len(stats), stats.num_tokens.mean(),
+             stats.num_tokens.max())
+    pad_id = AutoTokenizer.from_pretrained(cfg.model.path).pad_token_id
+    if pad_id is None:
+        raise ValueError(f"{cfg.model.path}: the tokenizer has no pad token")
+    training = tokenized.map_batches(_only_fitting, batch_format="pyarrow") if len(overlong) else tokenized
+    training.context.enable_progress_bars = False  # the workers log every step instead
+    return training, int(stats.fits.sum()), int(pad_id)
+
+
+def _only_fitting(batch: pa.Table) -> pa.Table:
+    return batch.filter(batch.column("fits"))
+
+
+def _plan(cfg: SFTConfig, samples: int) -> TrainPlan:
+    per_worker = samples // cfg.scaling.num_workers  # Ray Data's equal split; the remainder is left out
+    per_step = cfg.train.micro_batch_size * cfg.train.grad_accum
+    steps_per_epoch = per_worker // per_step
+    if steps_per_epoch < 1:
+        raise ValueError(f"{samples} samples over {cfg.scaling.num_workers} workers cannot fill one step of "
+                         f"{per_step} samples per worker (train.micro_batch_size × train.grad_accum)")
+    return TrainPlan(cfg.train.max_steps or cfg.train.epochs * steps_per_epoch, steps_per_epoch,
+                     cfg.train.grad_accum)
+
+
+# --- the worker ----------------------------------------------------------------------------------------
+
+def _ragged(column: pa.ChunkedArray) -> list[np.ndarray]:
+    flat = column.combine_chunks()
+    offsets, values = flat.offsets.to_numpy(), flat.values.to_numpy()
+    return [values[offsets[i]:offsets[i + 1]] for i in range(len(flat))]
+
+
+def _epoch_batches(shard: Any, data: SFTDataConfig, micro_batch_size: int, epoch: int) -> Iterator[MicroBatch]:
+    shuffle = data.shuffle_buffer_rows or None
+    for batch in shard.iter_batches(batch_size=micro_batch_size, batch_format="pyarrow", drop_last=True,
+                                    local_shuffle_buffer_size=shuffle,
+                                    local_shuffle_seed=data.shuffle_seed + epoch if shuffle else None):
+        yield MicroBatch([str(i) for i in batch.column("id").to_pylist()], _ragged(batch.column("input_ids")),
+                         _ragged(batch.column("loss_mask")))
+
+
+class AttemptLog:
+    """Rank 0's record of every step one attempt ran (steps replayed after a resume included).
+
+    Local files grow a line per step; on object stores the file is rewritten at checkpoints and the end.
+    """
+
+    def __init__(self, run_dir: str):
+        self.path = storage.join(run_dir, "attempts", time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}.jsonl")
+        self.local = isinstance(storage.filesystem(self.path)[0], LocalFileSystem)
+        self.records: list[dict[str, Any]] = []
+        storage.makedirs(storage.join(run_dir, "attempts"))
+
+    def append(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        if self.local:
+            with storage.open_file(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def flush(self) -> None:
+        if not self.local:
+            storage.write_jsonl_atomic(self.path, self.records)
+
+
+def train_loop_per_worker(job: dict[str, Any]) -> None:
+    import ray.train
+    from transformers import AutoTokenizer
+
+    from reasonrank.training.checkpoint import load_training_state
+    from reasonrank.training.deepspeed_engine import build_deepspeed_engine, load_causal_lm
+    from reasonrank.training.export import export_hf
+    from reasonrank.training.sft_loop import sft_steps
+    from reasonrank.training.zero_config import build_ds_config
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg, plan = SFTConfig.model_validate(job["cfg"]), TrainPlan(**job["plan"])
+    rank = ray.train.get_context().get_world_rank()
+    ds_config = build_ds_config(cfg.deepspeed, cfg.optimizer, micro_batch_size=cfg.train.micro_batch_size,
+                                grad_accum=cfg.train.grad_accum,
+                                world_size=ray.train.get_context().get_world_size())
+    loaded = load_causal_lm(cfg.model, ds_config)
+    engine = build_deepspeed_engine(loaded.model, ds_config, cfg.optimizer, plan.total_steps)
+    state = TrainState()
+    if (checkpoint := ray.train.get_checkpoint()) is not None:
+        with checkpoint.as_directory() as directory:
+            state = TrainState.from_dict(load_training_state(engine, directory))
+        log.info("rank %d resumed at step %d (epoch %d, step %d in it)", rank, state.step, state.epoch,
+                 state.step_in_epoch)
+    resumed_from = state.step
+    attempt = AttemptLog(job["run_dir"]) if rank == 0 else None
+    tensorboard = None
+    if rank == 0 and cfg.tracking.tensorboard_dir:
+        from reasonrank.training.tracking import TensorBoardLog
+
+        tensorboard = TensorBoardLog(cfg.tracking.tensorboard_dir)
+    batches = partial(_epoch_batches, ray.train.get_dataset_shard("train"), cfg.data, cfg.train.micro_batch_size)
+    for record in sft_steps(engine, plan, state, batches, job["pad_id"]):
+        metrics = {k: v for k, v in record.items() if k != "samples"} | {"resumed_from_step": resumed_from}
+        if rank == 0:
+            log.info("step %d/%d epoch %d loss %.4f lr %.3g tokens/s %.0f step %.2fs", record["step"],
+                     plan.total_steps, record["epoch"], record["loss"], record["lr"], record["tokens_per_s"],
+                     record["step_time_s"])
+            attempt.append(record)
+            if tensorboard:
+                tensorboard.log(record)
+        if state.step % cfg.train.checkpoint_every == 0 or state.step == plan.total_steps:
+            if attempt:
+                attempt.flush()
+            _report_checkpoint(engine, state, metrics)
+        elif state.step % cfg.train.report_every == 0:
+            ray.train.report(metrics)
+    if tensorboard:
+        tensorboard.close()
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model.path) if rank == 0 else None
+    export_hf(engine, tokenizer, storage.join(cfg.output_dir, "final"),
+              lora_base_path=cfg.model.path if cfg.model.lora else None)
+    if rank == 0:
+        storage.write_jsonl_atomic(storage.join(cfg.output_dir, "history.jsonl"), state.history)
+        log.info("exported the model to %s", storage.join(cfg.output_dir, "final"))
+
+
+def _report_checkpoint(engine: Any, state: TrainState, metrics: dict[str, Any]) -> None:
+    """Each worker saves its part into a local folder; Ray Train merges them into one stored checkpoint."""
+    import ray.train
+
+    from reasonrank.training.checkpoint import save_training_state
+
+    with tempfile.TemporaryDirectory(prefix="sft-checkpoint-", ignore_cleanup_errors=True) as local:
+        save_training_state(engine, local, state.to_dict())
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(local),
+                         checkpoint_dir_name=f"checkpoint_{state.step:08d}")
+
+
+# --- the summary --------------------------------------------------------------------------------------
+
+def _summary(cfg: SFTConfig, plan: TrainPlan, samples: int, run_dir: str, result: Any) -> dict[str, Any]:
+    from reasonrank.reporting import plot_curve
+
+    history = list(storage.read_jsonl(storage.join(cfg.output_dir, "history.jsonl")))
+    steps = [r["step"] for r in history]
+    with tempfile.TemporaryDirectory() as tmp:
+        png = plot_curve(steps, {"loss": [r["loss"] for r in history]}, os.path.join(tmp, "loss_curve.png"),
+                         f"SFT loss · {os.path.basename(cfg.model.path.rstrip('/'))}")
+        storage.put_file(str(png), storage.join(cfg.output_dir, "loss_curve.png"))
+    last = (result.metrics or {}) if result is not None else {}
+    summary = {
+        "model": storage.join(cfg.output_dir, "final"),
+        "steps": len(history),
+        "planned_steps": plan.total_steps,
+        "steps_per_epoch": plan.steps_per_epoch,
+        "samples": samples,
+        "first_loss": history[0]["loss"] if history else None,
+        "final_loss": history[-1]["loss"] if history else None,
+        "mean_tokens_per_s": float(np.mean([r["tokens_per_s"] for r in history])) if history else None,
+        "mean_step_time_s": float(np.mean([r["step_time_s"] for r in history])) if history else None,
+        "resumed_from_step": last.get("resumed_from_step"),
+        "attempts": len(storage.listdir(storage.join(run_dir, "attempts"))),
+        "checkpoints": run_dir,
+        "loss_curve": storage.join(cfg.output_dir, "loss_curve.png"),
+    }
+    storage.write_text_atomic(storage.join(cfg.output_dir, "summary.json"), json.dumps(summary, indent=2))
+    return summary
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(run, __doc__))

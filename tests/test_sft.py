@@ -1,0 +1,167 @@
+"""SFT: the ZeRO config builder, assistant-only loss masks, the config files, and that SFT really teaches
+the tiny model the task (Ray Train + DeepSpeed on gloo, then greedy reranking of held-out queries)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from reasonrank.config import ConfigError, load_config
+from reasonrank.training.chat_tokenize import chat_segments, tokenize_chat, tokenize_chat_batch
+from reasonrank.training.config import DeepSpeedConfig, OptimizerConfig
+from reasonrank.training.zero_config import build_ds_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# --- the ZeRO config ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_ds_config_carries_the_stage_and_the_batch_arithmetic(stage):
+    cfg = build_ds_config(DeepSpeedConfig(zero_stage=stage, precision="fp32"), OptimizerConfig(lr=1e-5),
+                          micro_batch_size=2, grad_accum=4, world_size=3)
+    assert cfg["zero_optimization"]["stage"] == stage
+    assert cfg["train_batch_size"] == 2 * 4 * 3
+    assert cfg["train_micro_batch_size_per_gpu"] == 2 and cfg["gradient_accumulation_steps"] == 4
+    assert cfg["optimizer"]["params"]["lr"] == 1e-5
+    assert cfg["optimizer"]["params"]["torch_adam"] is True  # no 40 s CPU-Adam compile
+    assert cfg["bf16"]["enabled"] is False
+    assert ("stage3_gather_16bit_weights_on_model_save" in cfg["zero_optimization"]) == (stage == 3)
+    assert "offload_optimizer" not in cfg["zero_optimization"]
+
+
+def test_ds_config_offload_and_precision():
+    cfg = build_ds_config(DeepSpeedConfig(zero_stage=3, offload_optimizer=True, offload_params=True, precision="bf16"),
+                          OptimizerConfig(), micro_batch_size=1, grad_accum=1, world_size=8)
+    zero = cfg["zero_optimization"]
+    assert zero["offload_optimizer"]["device"] == "cpu" and zero["offload_param"]["device"] == "cpu"
+    assert cfg["optimizer"]["params"]["torch_adam"] is False  # ZeRO-Offload runs DeepSpeed's CPU Adam
+    assert cfg["bf16"]["enabled"] is True
+
+
+@pytest.mark.parametrize("bad", [{"zero_stage": 2, "offload_params": True}, {"zero_stage": 0, "offload_optimizer": True},
+                                 {"zero_stage": 4}])
+def test_deepspeed_config_rejects_impossible_combinations(bad):
+    with pytest.raises(ValueError):
+        DeepSpeedConfig(**bad)
+
+
+def test_ds_config_rejects_an_empty_batch():
+    with pytest.raises(ValueError, match="must be >= 1"):
+        build_ds_config(DeepSpeedConfig(), OptimizerConfig(), micro_batch_size=0, grad_accum=1, world_size=1)
+
+
+# --- assistant-only loss masks ------------------------------------------------------------------------
+
+def _conversation(turns: int = 1) -> list[dict[str, str]]:
+    messages = [{"role": "system", "content": "You rank passages."},
+                {"role": "user", "content": "Rank [1] a, [2] b for the query c."}]
+    for t in range(turns):
+        if t:
+            messages.append({"role": "user", "content": f"Again, round {t}."})
+        messages.append({"role": "assistant", "content": f"<think>round {t}</think><answer>[2] > [1]</answer>"})
+    return messages
+
+
+@pytest.mark.parametrize("turns", [1, 2])
+def test_loss_mask_covers_exactly_the_assistant_turns(tiny_model_dir, turns):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    messages = _conversation(turns)
+    chat = tokenize_chat(tok, messages)
+    # the tiny model's template marks assistant text with {% generation %}: transformers' own mask agrees
+    ref = tok.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    assert chat.input_ids == ref["input_ids"]
+    assert chat.loss_mask == list(ref["assistant_masks"])
+    trained = tok.decode([i for i, m in zip(chat.input_ids, chat.loss_mask) if m])
+    assert trained == "".join(m["content"] + "<|im_end|>" for m in messages if m["role"] == "assistant")
+    # the untrained part of a one-turn sample is exactly the serving prompt
+    if turns == 1:
+        prompt = tok.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+        assert tok.decode(chat.input_ids[: chat.loss_mask.index(1)]) == prompt
+
+
+def test_a_template_that_rewrites_history_is_rejected(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    # like templates that drop earlier reasoning: the last assistant turn is rendered differently from history
+    tok.chat_template = ("{%- for m in messages %}{%- if m['role'] == 'assistant' and not loop.last %}"
+                         "{{ '<|im_start|>assistant\\n(earlier answer)<|im_end|>\\n' }}{%- else %}"
+                         "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{%- endif %}"
+                         "{%- endfor %}{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{%- endif %}")
+    with pytest.raises(ValueError, match="prefix"):
+        chat_segments(tok, _conversation(2))
+    with pytest.raises(ValueError, match="no assistant turn"):
+        chat_segments(tok, _conversation(1)[:-1])
+
+
+def test_batch_tokenizer_flags_overlong_samples_and_names_missing_columns(tiny_model_dir):
+    short, long = _conversation(1), _conversation(1)
+    long[1] = {"role": "user", "content": "word " * 400}
+    batch = pa.Table.from_pylist([{"id": "a", "messages": short}, {"id": "b", "messages": long}])
+    out = tokenize_chat_batch(batch, str(tiny_model_dir), max_seq_len=200)
+    assert out.column("fits").to_pylist() == [True, False]
+    lengths = out.column("num_tokens").to_pylist()
+    assert lengths[0] == len(out.column("input_ids")[0]) and lengths[1] > 200
+    with pytest.raises(ValueError, match="messages"):
+        tokenize_chat_batch(pa.table({"id": ["a"]}), str(tiny_model_dir), 200)
+
+
+# --- configs ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["sft-tiny.yaml", "sft-qwen2.5-7b.yaml", "sft-qwen2.5-32b-lora.yaml"])
+def test_shipped_sft_configs_validate(name):
+    from jobs.sft_config import SFTConfig
+
+    cfg = load_config(REPO / "configs" / name, SFTConfig)
+    assert cfg.train.checkpoint_every >= 1 and cfg.scaling.num_workers >= 1
+
+
+def test_paper_profiles_follow_the_paper():
+    from jobs.sft_config import SFTConfig
+
+    full = load_config(REPO / "configs" / "sft-qwen2.5-7b.yaml", SFTConfig)
+    assert (full.optimizer.lr, full.optimizer.schedule, full.optimizer.warmup_ratio) == (5e-6, "cosine", 0.1)
+    assert full.deepspeed.zero_stage == 3 and full.deepspeed.precision == "bf16" and full.model.lora is None
+    assert full.data.max_seq_len >= 20_000 and full.scaling.use_gpu
+    lora = load_config(REPO / "configs" / "sft-qwen2.5-32b-lora.yaml", SFTConfig)
+    assert lora.model.lora is not None and lora.model.lora.r == 32
+
+
+def test_a_misspelled_key_is_named(tmp_path):
+    from jobs.sft_config import SFTConfig
+
+    path = tmp_path / "bad.yaml"
+    path.write_text("data: {path: x.parquet}\nmodel: {path: m}\ntrain: {micro_batch: 2}\n")
+    with pytest.raises(ConfigError, match=r"train\.micro_batch"):
+        load_config(path, SFTConfig)
+
+
+# --- it learns ----------------------------------------------------------------------------------------
+
+def _rerank_held_out(model_dir, demo_data, queries: int) -> tuple[float, float]:
+    """(share of well-formed windows, NDCG@10) of greedy sliding-window reranking of held-out queries,
+    as configs/evaluate-tiny.yaml reranks them (windows of 10, step 5, top 20)."""
+    from reasonrank.config import EngineConfig
+    from reasonrank.engines import build_engine
+    from reasonrank.engines.base import SamplingParams
+    from reasonrank.metrics import evaluate_run
+    from reasonrank.prompt import PassageTruncator
+    from reasonrank.strategies import SlidingWindow, rerank
+
+    test = demo_data.load().subset("test")
+    requests = test.requests(20)[:queries]
+    engine = build_engine(EngineConfig(backend="transformers", model=str(model_dir), dtype="float32"))
+    try:
+        ranked = rerank(engine, SlidingWindow(10, 5, 20), requests, SamplingParams(max_new_tokens=160),
+                        PassageTruncator(engine.tokenizer, 64))
+    finally:
+        engine.close()
+    windows = [w for r in ranked for w in r.windows]
+    run = {r.qid: {d: float(len(r.docids) - i) for i, d in enumerate(r.docids)} for r in ranked}
+    qrels = {r.query.qid: test.qrels[r.query.qid] for r in requests}
+    return sum(w.well_formed for w in windows) / len(windows), evaluate_run(run, qrels)["ndcg@10"]
