@@ -52,6 +52,9 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
     from ray.train.torch import TorchTrainer
 
     _prepare_inputs(cfg)
+    # Ray Train workers do not run in the driver's working directory: hand them absolute paths.
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": _absolute(cfg.model.path)}),
+                                 "output_dir": _absolute(cfg.output_dir)})
     init_ray(cfg.ray_num_cpus)
     dataset, kept, pad_id = _tokenized_dataset(cfg)
     plan = _plan(cfg, kept)
