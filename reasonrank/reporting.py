@@ -40,11 +40,7 @@ def plot_metrics(columns: Mapping[str, Mapping[str, float]], metrics: Sequence[s
     ax.set_ylim(0, 1)
     ax.set_title(title)
     ax.legend(fontsize="small")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_curve(xs: Sequence[float], series: Mapping[str, Sequence[float]], path: str | Path, title: str,
@@ -62,6 +58,13 @@ def plot_curve(xs: Sequence[float], series: Mapping[str, Sequence[float]], path:
     ax.set_title(title)
     if len(series) > 1:
         ax.legend(fontsize="small")
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Lay out, write as PNG and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)

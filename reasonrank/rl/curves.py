@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from reasonrank.reporting import save_figure
+
 
 def plot_reward_curve(versions: Sequence[int], reward_mean: Sequence[float], reward_std: Sequence[float],
                       eval_versions: Sequence[int], eval_reward: Sequence[float], path: str | Path,
@@ -27,8 +29,4 @@ def plot_reward_curve(versions: Sequence[int], reward_mean: Sequence[float], rew
     ax.set_ylabel("multi-view reward")
     ax.set_title(title)
     ax.legend(fontsize="small")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
