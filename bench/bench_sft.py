@@ -11,6 +11,7 @@ Ratios are against DDP in this one run; absolute numbers depend on the machine a
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import statistics
@@ -54,9 +55,11 @@ def _worker(job: dict) -> None:
     memory = [None] * world
     dist.all_gather_object(memory, (peak, peak - before))
     warm = records[2:] or records
-    ray.train.report({"tokens_per_s": statistics.median(r["tokens_per_s"] for r in warm),
-                      "step_time_s": statistics.median(r["step_time_s"] for r in warm),
-                      "peak_mib": max(m[0] for m in memory), "added_mib": max(m[1] for m in memory)})
+    if rank == 0:  # Ray Train keeps metrics only with checkpoints: the driver reads this file instead
+        Path(job["result"]).write_text(json.dumps({
+            "tokens_per_s": statistics.median(r["tokens_per_s"] for r in warm),
+            "step_time_s": statistics.median(r["step_time_s"] for r in warm),
+            "peak_mib": max(m[0] for m in memory), "added_mib": max(m[1] for m in memory)}))
 
 
 def main() -> None:
@@ -100,10 +103,12 @@ def main() -> None:
                 trainer = TorchTrainer(
                     _worker, train_loop_config={"stage": stage, "model": str(model), "samples": samples,
                                                 "steps": args.steps, "micro": args.micro_batch,
-                                                "pad_id": tok.pad_token_id},
+                                                "pad_id": tok.pad_token_id,
+                                                "result": str(Path(tmp) / f"result-{stage}.json")},
                     scaling_config=ray.train.ScalingConfig(num_workers=args.workers),
                     run_config=ray.train.RunConfig(name=f"bench-{stage}", storage_path=str(Path(tmp) / "runs")))
-                results[name] = trainer.fit().metrics
+                trainer.fit()
+                results[name] = json.loads((Path(tmp) / f"result-{stage}.json").read_text())
         finally:
             ray.shutdown()
     base = results["DDP (ZeRO-0)"]

@@ -12,9 +12,11 @@ import json
 import logging
 from typing import Any, Literal
 
+from pydantic import Field
+
 from jobs.common import init_ray, main
 from reasonrank import storage
-from reasonrank.config import Strict, load_config
+from reasonrank.config import Strict, apply_overrides, load_config, parse_config
 from reasonrank.reporting import metrics_table, plot_metrics
 
 log = logging.getLogger("jobs.demo")
@@ -29,12 +31,14 @@ class DemoConfig(Strict):
     grpo_config: str = "configs/grpo-tiny.yaml"
     evaluate_config: str = "configs/evaluate-tiny.yaml"
     stages: list[Stage] = ["synthesize", "sft", "grpo"]
+    sft_epochs: int | None = Field(4, ge=1)  # over the synthesized set (configs/sft-tiny.yaml: 2, over its own)
     output_dir: str = "outputs/demo-pipeline"
     ray_num_cpus: int = 8
 
 
 def run(config_path: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
-    cfg = load_config(config_path, DemoConfig, overrides) if config_path else DemoConfig(**overrides)
+    cfg = (load_config(config_path, DemoConfig, overrides) if config_path
+           else parse_config(apply_overrides({}, overrides), DemoConfig, "the demo defaults"))
     return pipeline(cfg)
 
 
@@ -50,8 +54,10 @@ def pipeline(cfg: DemoConfig) -> dict[str, Any]:
     if "synthesize" in cfg.stages:
         results["synthesize"] = synthesize.run(cfg.synthesize_config, {"output_dir": synth_dir})
     if "sft" in cfg.stages:
+        epochs = {"train.epochs": cfg.sft_epochs} if cfg.sft_epochs else {}
         sft_data = {"data.path": storage.join(synth_dir, "sft.parquet")} if "synthesize" in cfg.stages else {}
-        results["sft"] = sft.run(cfg.sft_config, {"output_dir": sft_dir, **sft_data})
+        results["sft"] = sft.run(cfg.sft_config, {"output_dir": sft_dir, "storage.path": storage.join(out, "checkpoints"),
+                                                  **sft_data, **epochs})
         models["SFT"] = storage.join(sft_dir, "final")
     if "grpo" in cfg.stages:
         start = models.get("SFT", base_model)

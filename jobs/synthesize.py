@@ -3,7 +3,8 @@
     python -m jobs.synthesize --config configs/synthesize-demo.yaml [--set teacher.engine.max_retries=8]
 
 Per query, the top `list_size` candidates become pointwise items (is this passage relevant? the teacher
-sees the gold answer when there is one) and one listwise item (reason, then rank the list). Ray Data
+sees the gold answer when there is one) and one listwise item (reason, then rank the list), plus
+`shuffled_lists` more of the same list in shuffled orders when asked for. Ray Data
 sends the items through a pool of TeacherLabeler actors, each keeping many requests in flight to the
 teacher (any OpenAI-compatible endpoint; DeepSeek-R1 in the paper). Labels are written as parts under
 `<output_dir>/labels/` as they come; items that keep failing go to `<output_dir>/errors/` with the reason.
@@ -12,7 +13,7 @@ stable, so each item ends labelled exactly once. Then the self-consistency filte
 teacher's ranking scores NDCG@10 >= alpha against its own pointwise labels.
 
 Outputs under `output_dir`: labels/ (raw: full responses and reasoning), pointwise.parquet,
-listwise.parquet, filter.parquet (score and state per query), sft.parquet, rl.parquet, errors.parquet,
+listwise.parquet, filter.parquet (score and state per list), sft.parquet, rl.parquet, errors.parquet,
 summary.json and filter_by_domain.png.
 
 With `teacher.simulated: true` the job starts the simulated teacher — a test double for DeepSeek-R1 that
@@ -79,6 +80,7 @@ class SynthesizeConfig(Strict):
     data: DataConfig = DataConfig(split="train", first_stage_depth=20)
     teacher: TeacherConfig = TeacherConfig()
     list_size: int = Field(20, ge=2)  # candidates per listwise sample (and pointwise items per query)
+    shuffled_lists: int = Field(0, ge=0)  # more listwise samples per query: the same list, shuffled (items.py)
     alpha: float = Field(DEFAULT_ALPHA, ge=0.0, le=1.0)  # self-consistency threshold on NDCG@10
     labelers: int = Field(2, ge=1)  # actors in the labeler pool
     labeler_num_cpus: float = Field(0.5, gt=0)  # fractional, or Ray Data's read tasks starve
@@ -96,7 +98,7 @@ def synthesize(cfg: SynthesizeConfig) -> dict[str, Any]:
     truncate = _truncator(cfg.teacher)
     requests = dataset.requests(cfg.list_size)
     items = [item for r in requests for item in teacher_items(r, cfg.teacher.engine.model, cfg.list_size,
-                                                              truncate, cfg.teacher.use_answer)]
+                                                              truncate, cfg.teacher.use_answer, cfg.shuffled_lists)]
     labels_store = PartStore(storage.join(cfg.output_dir, "labels"), LABEL_SCHEMA)
     errors_store = PartStore(storage.join(cfg.output_dir, "errors"), ERROR_SCHEMA)
     done = labels_store.read()
@@ -210,11 +212,12 @@ def _report(cfg: SynthesizeConfig, items: list[LabelItem], labels: dict[str, dic
         "failure_reasons": dict(Counter(e["reason"] for e in assembly.errors)),
         "retried_for": dict(Counter(reason for r in mine for reason in r["retried_for"])),  # absorbed faults
         "pending": len(items) - len(mine) - len(assembly.errors),
-        "queries": len(assembly.decisions),
+        "queries": len({d["qid"] for d in assembly.decisions}),
+        "lists": len(assembly.decisions),
         "kept": states["kept"],
         "filtered_out": states["dropped"],
-        "queries_failed": states["failed"],
-        "queries_pending": states["pending"],
+        "lists_failed": states["failed"],
+        "lists_pending": states["pending"],
         "alpha": cfg.alpha,
         "tokens_in": sum(r["prompt_tokens"] for r in mine),
         "tokens_out": sum(r["completion_tokens"] for r in mine),
@@ -245,7 +248,7 @@ def _summary_table(summary: dict[str, Any]) -> str:
              f"{'domain':<16}" + "".join(f"{s:>9}" for s in STATES)]
     for domain, counts in summary["per_domain"].items():
         lines.append(f"{domain or '-':<16}" + "".join(f"{counts[s]:>9}" for s in STATES))
-    totals = [summary["kept"], summary["filtered_out"], summary["queries_failed"], summary["queries_pending"]]
+    totals = [summary["kept"], summary["filtered_out"], summary["lists_failed"], summary["lists_pending"]]
     lines.append(f"{'all':<16}" + "".join(f"{n:>9}" for n in totals))
     return "\n".join(lines)
 

@@ -107,13 +107,18 @@ def load_config(path: str | Path, model: type[M], overrides: dict[str, Any] | No
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
+    return parse_config(apply_overrides(data, overrides), model, str(path))
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """Set dotted keys (`engine.model: …`) in the nested mapping `data`, in place; returns it."""
     for dotted, value in (overrides or {}).items():
         node = data
         *parents, leaf = dotted.split(".")
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
-    return parse_config(data, model, str(path))
+    return data
 
 
 class DataConfig(Strict):

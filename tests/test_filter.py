@@ -129,3 +129,29 @@ def test_item_keys_are_stable_and_name_what_identifies_the_work():
     assert "(1)" in pointwise.messages[1]["content"] and "[1]" not in pointwise.messages[1]["content"]
     assert "Reference Answer" not in teacher_items(request, "m", use_answer=False)[0].messages[1]["content"]
     assert type(pointwise).from_row(pointwise.to_row()) == pointwise
+
+
+def test_shuffled_lists_are_distinct_stable_orders_of_the_same_candidates_each_filtered_alone():
+    request = _request("a", "qa", n=5)
+    items = teacher_items(request, "m", list_size=5, shuffled_lists=3)
+    lists = [it for it in items if it.kind == LISTWISE]
+    assert len(items) == 5 + 4 and len(lists) == 4
+    assert lists[0].docids == tuple(c.docid for c in request.candidates)  # the first-stage order first
+    assert len({it.docids for it in lists}) == 4 and all(sorted(it.docids) == sorted(lists[0].docids) for it in lists)
+    assert [it.key for it in teacher_items(request, "m", list_size=5, shuffled_lists=3)] == [it.key for it in items]
+    assert len([it for it in teacher_items(_request("b", "qa", n=2), "m", list_size=2, shuffled_lists=3)
+                if it.kind == LISTWISE]) == 2  # a list of two has one other order
+
+    # each list is labelled with a ranking of its own; the filter keeps or drops each on its own
+    relevant = "a-p3"
+    labels = _labels(items, {relevant}, order=[])
+    for k, item in enumerate(lists):
+        first = item.docids.index(relevant)
+        rest = [i for i in range(5) if i != first]
+        labels[item.key]["order"] = [first, *rest] if k != 2 else [*rest, first]  # list 2: relevant last
+    out = assemble([request], items, labels, {}, ConsistencyFilter(0.5))
+    assert [d["state"] for d in out.decisions] == ["kept", "kept", "dropped", "kept"]
+    assert [d["key"] for d in out.decisions] == [it.key for it in lists]
+    assert [r["id"] for r in out.sft] == [lists[k].key for k in (0, 1, 3)]
+    assert all(r["teacher_ranking"][0] == relevant for r in out.rl)
+    assert dict(out.per_domain["qa"]) == {"kept": 3, "dropped": 1}

@@ -22,8 +22,10 @@ from reasonrank.teacher.store import PartStore
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = REPO / "configs" / "synthesize-demo.yaml"
-QUERIES = 6  # × (20 pointwise + 1 listwise) = 126 items
-ITEMS = QUERIES * 21
+QUERIES = 6
+LIST_SIZE, SHUFFLED = 10, 1  # per query: 10 pointwise items, the list and a shuffled copy of it
+LISTS = QUERIES * (1 + SHUFFLED)
+ITEMS = QUERIES * LIST_SIZE + LISTS
 FAULT_KINDS = {"rate_limited", "server_error", "timeout", "malformed"}
 
 
@@ -32,7 +34,7 @@ def _overrides(demo_data, out: Path, **extra) -> dict:
             "teacher.simulation.latency_s": 0.02, "teacher.simulation.hang_s": 3,
             "teacher.simulation.retry_after_s": 0.05, "teacher.engine.request_timeout_s": 1.0,
             "teacher.engine.retry_backoff_s": 0.02, "teacher.engine.max_concurrency": 32, "batch_size": 8,
-            **extra}
+            "list_size": LIST_SIZE, "shuffled_lists": SHUFFLED, **extra}
 
 
 def _keys(out: Path, name: str) -> list[str]:
@@ -87,7 +89,7 @@ def test_with_20_percent_faults_every_item_ends_labelled_or_in_errors_and_a_reru
     assert all(e["attempts"] == 2 and e["message"] for e in errors)  # max_retries=1: two attempts each
     assert sorted(_raw_label_keys(out)) == sorted(labelled)  # raw labels: each labelled item once
     assert first["simulated_teacher_this_run"]["peak_in_flight"] > 4  # many in flight per labeler (2 of them)
-    assert first["queries_failed"] > 0 and first["kept"] + first["filtered_out"] + first["queries_failed"] == QUERIES
+    assert first["lists_failed"] > 0 and first["kept"] + first["filtered_out"] + first["lists_failed"] == LISTS
 
     second = run(str(DEMO_CONFIG), {**faulty, "teacher.engine.max_retries": 8})
     print(f"\nfault test, {ITEMS} items at fault rate 0.2: run 1 (2 attempts a call) teacher "
@@ -97,18 +99,18 @@ def test_with_20_percent_faults_every_item_ends_labelled_or_in_errors_and_a_reru
     assert second["already_labelled"] == first["labelled"] and second["labelled_this_run"] == first["failed"]
     assert second["labelled"] == ITEMS and second["failed"] == 0 and not _keys(out, "errors")
     assert sorted(_raw_label_keys(out)) == sorted(set(labelled) | set(failed))  # the failed ones, once each
-    assert second["kept"] + second["filtered_out"] == QUERIES and second["kept"] > 0
+    assert second["kept"] + second["filtered_out"] == LISTS and second["kept"] > 0 and second["queries"] == QUERIES
     # The filter's scores, recomputed from the pointwise and listwise tables the job wrote.
     verdicts = {(r["qid"], r["docid"]): r["relevant"] for r in pq.read_table(out / "pointwise.parquet").to_pylist()}
     for row in pq.read_table(out / "listwise.parquet").to_pylist():
         qrels = {d: int(verdicts[row["qid"], d]) for d in row["docids"]}
-        decision = next(d for d in pq.read_table(out / "filter.parquet").to_pylist() if d["qid"] == row["qid"])
+        decision = next(d for d in pq.read_table(out / "filter.parquet").to_pylist() if d["key"] == row["key"])
         assert decision["ndcg10"] == pytest.approx(ndcg_at_k(row["ranking"], qrels, 10))
         assert decision["state"] == ("kept" if decision["ndcg10"] >= 0.4 else "dropped")
     sft, rl = pq.read_table(out / "sft.parquet").to_pylist(), pq.read_table(out / "rl.parquet").to_pylist()
     assert len(sft) == len(rl) == second["kept"]
     summary = json.loads((out / "summary.json").read_text())
-    assert sum(d["kept"] + d["dropped"] for d in summary["per_domain"].values()) == QUERIES
+    assert sum(d["kept"] + d["dropped"] for d in summary["per_domain"].values()) == LISTS
     assert summary["tokens_in"] > 0 and summary["tokens_out"] > 0 and (out / "filter_by_domain.png").stat().st_size
 
 

@@ -1,8 +1,8 @@
-"""From the teacher's labels to the training sets: per query, join the pointwise verdicts and the listwise
-ranking, apply the self-consistency filter, and build the SFT and RL rows of the kept lists.
+"""From the teacher's labels to the training sets: per query, join the pointwise verdicts and each listwise
+ranking, apply the self-consistency filter to each list, and build the SFT and RL rows of the kept lists.
 
-Every query ends in exactly one state: kept, dropped (by the filter), failed (an item of it is in the
-errors dataset) or pending (an item of it was never attempted, e.g. the job was stopped).
+Every list ends in exactly one state: kept, dropped (by the filter), failed (an item of its query is in the
+errors dataset) or pending (an item of its query was never attempted, e.g. the job was stopped).
 """
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ STATES = ("kept", "dropped", "failed", "pending")
 @dataclass
 class Assembly:
     pointwise: list[dict[str, Any]] = field(default_factory=list)  # one row per (query, passage)
-    listwise: list[dict[str, Any]] = field(default_factory=list)  # one row per query list
-    decisions: list[dict[str, Any]] = field(default_factory=list)  # filter score and state per query
+    listwise: list[dict[str, Any]] = field(default_factory=list)  # one row per labelled list
+    decisions: list[dict[str, Any]] = field(default_factory=list)  # filter score and state per list
     sft: list[dict[str, Any]] = field(default_factory=list)
     rl: list[dict[str, Any]] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)  # the latest failure of each unlabelled item
@@ -59,26 +59,32 @@ def assemble(requests: list[RerankRequest], items: list[LabelItem], labels: Mapp
         done = [labels[i.key] for i in mine if i.key in labels]
         out.pointwise.extend(_pointwise_row(row) for row in done if row["kind"] == POINTWISE)
         out.listwise.extend(_listwise_row(row) for row in done if row["kind"] == LISTWISE)
+        lists = [i for i in mine if i.kind == LISTWISE]
         if len(done) < len(mine):
             state = "failed" if any(i.key in errors for i in mine) else "pending"
-            out.decisions.append({"qid": query.qid, "domain": query.domain, "state": state, "ndcg10": None})
-            out.per_domain[query.domain][state] += 1
+            for item in lists:
+                out.decisions.append({"qid": query.qid, "key": item.key, "domain": query.domain, "state": state,
+                                      "ndcg10": None})
+                out.per_domain[query.domain][state] += 1
             continue
-        listwise = next(labels[i.key] for i in mine if i.kind == LISTWISE)
         verdicts = {labels[i.key]["docids"][0]: labels[i.key]["relevant"] for i in mine if i.kind == POINTWISE}
-        docids = list(listwise["docids"])
-        ranking = [docids[k] for k in listwise["order"]]
-        score = consistency.score(ranking, verdicts)
-        state = "kept" if consistency.keeps(score) else "dropped"
-        out.decisions.append({"qid": query.qid, "domain": query.domain, "state": state, "ndcg10": score})
-        out.per_domain[query.domain][state] += 1
-        if state == "kept":
-            passages = {c.docid: c.text for c in request.candidates}
-            texts = [passages[d] for d in docids]
-            out.sft.append(SFTSample.from_listwise(listwise["key"], query.qid, query.domain, query.text, texts,
-                                                   listwise["reasoning"], listwise["order"], truncate).to_record())
-            out.rl.append(RLSample(listwise["key"], query.qid, query.domain, query.text, docids, texts, ranking,
-                                   [d for d in docids if verdicts[d]]).to_record())
+        passages = {c.docid: c.text for c in request.candidates}
+        for item in lists:
+            listwise = labels[item.key]
+            docids = list(listwise["docids"])
+            ranking = [docids[k] for k in listwise["order"]]
+            score = consistency.score(ranking, verdicts)
+            state = "kept" if consistency.keeps(score) else "dropped"
+            out.decisions.append({"qid": query.qid, "key": item.key, "domain": query.domain, "state": state,
+                                  "ndcg10": score})
+            out.per_domain[query.domain][state] += 1
+            if state == "kept":
+                texts = [passages[d] for d in docids]
+                out.sft.append(SFTSample.from_listwise(listwise["key"], query.qid, query.domain, query.text,
+                                                       texts, listwise["reasoning"], listwise["order"],
+                                                       truncate).to_record())
+                out.rl.append(RLSample(listwise["key"], query.qid, query.domain, query.text, docids, texts,
+                                       ranking, [d for d in docids if verdicts[d]]).to_record())
     return out
 
 

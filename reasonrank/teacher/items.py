@@ -1,21 +1,25 @@
 """The labelling work, as items with stable keys.
 
 Per query, the top `list_size` candidates give one pointwise item per passage (is it relevant?) and one
-listwise item (reason, then rank them all). An item's key is a hash of what identifies the work — task
-kind, teacher model, query id and candidate ids — and nothing that varies between runs, so a rerun of
-the job recognises what is already labelled and labels each item exactly once.
+listwise item (reason, then rank them all), plus optionally `shuffled_lists` more listwise items of the
+same candidates in shuffled orders: permutation augmentation (RankVicuna, Pradeep et al. 2023), so that the
+student sees relevant passages anywhere in a list, not only where the first stage tends to put them.
+An item's key is a hash of what identifies the work — task kind, teacher model, query id and candidate
+ids in order — and nothing that varies between runs, so a rerun of the job recognises what is already
+labelled and labels each item exactly once.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import random
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from reasonrank.prompt import PassageTruncator, listwise_messages
 from reasonrank.teacher.prompts import pointwise_messages
-from reasonrank.types import RerankRequest
+from reasonrank.types import Candidate, RerankRequest
 
 POINTWISE = "pointwise"
 LISTWISE = "listwise"
@@ -50,8 +54,10 @@ class LabelItem:
 
 
 def teacher_items(request: RerankRequest, model: str, list_size: int = 20,
-                  truncate: PassageTruncator | None = None, use_answer: bool = True) -> list[LabelItem]:
-    """The pointwise items of the top `list_size` candidates of `request`, then its listwise item."""
+                  truncate: PassageTruncator | None = None, use_answer: bool = True,
+                  shuffled_lists: int = 0) -> list[LabelItem]:
+    """The pointwise items of the top `list_size` candidates of `request`, then its listwise items: the
+    first-stage order, then `shuffled_lists` distinct shuffled orders (the same for the same query)."""
     query = request.query
     window = request.candidates[:list_size]
     if not window:
@@ -63,7 +69,21 @@ def teacher_items(request: RerankRequest, model: str, list_size: int = 20,
                   (c.docid,), tuple(pointwise_messages(query.text, truncate(c.text), answer)))
         for c in window
     ]
-    docids = tuple(c.docid for c in window)
-    items.append(LabelItem(item_key(LISTWISE, model, query.qid, docids), LISTWISE, query.qid, query.domain,
-                           docids, tuple(listwise_messages(query.text, [c.text for c in window], truncate))))
+    for order in _list_orders(window, shuffled_lists, random.Random(f"lists:{query.qid}")):
+        docids = tuple(c.docid for c in order)
+        items.append(LabelItem(item_key(LISTWISE, model, query.qid, docids), LISTWISE, query.qid, query.domain,
+                               docids, tuple(listwise_messages(query.text, [c.text for c in order], truncate))))
     return items
+
+
+def _list_orders(window: list[Candidate], shuffled: int, rng: random.Random) -> list[list[Candidate]]:
+    orders = [list(window)]
+    seen = {tuple(c.docid for c in window)}
+    for _ in range(100 * shuffled):  # distinct orders (a list of 2 has only one other)
+        if len(orders) > shuffled:
+            break
+        order = rng.sample(window, len(window))
+        if tuple(c.docid for c in order) not in seen:
+            seen.add(tuple(c.docid for c in order))
+            orders.append(order)
+    return orders

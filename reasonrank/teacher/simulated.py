@@ -5,7 +5,7 @@ teacher prompts (pointwise relevance, listwise ranking) from known relevance lab
 model would: reasoning text (in `reasoning_content` like DeepSeek-R1, or inline as `<think>` in the
 content), then the answer. It has dials for what a real endpoint does to a client:
 
-- `noise`: the share of pointwise verdicts flipped, and of listwise answers given as a random order;
+- `noise`: the share of verdicts flipped, pointwise and per passage in a listwise answer;
 - `latency_s`: time before each answer;
 - faults, a share of requests (or the first N attempts of every prompt): 429 with Retry-After, 500, a
   hang past the client's timeout, and a 200 whose JSON body is cut off.
@@ -254,13 +254,15 @@ class SimulatedTeacher:
         if sorted(passages) != list(range(1, n + 1)):
             raise ValueError(f"expected passages [1]..[{n}] in the listwise prompt")
         qid = self._qid_by_text.get(_normalise(query))
+        # a teacher's mistakes are misjudged passages: each verdict flipped with probability `noise`, and the
+        # reasoning and the ranking follow the (mis)judged grades
         grades = {k: self._grade(qid, text) for k, text in passages.items()}
+        grades = {k: (0 if g > 0 else 1) if rng.random() < self.config.noise else g for k, g in grades.items()}
         order = sorted(grades, key=lambda k: -grades[k])  # stable: ties keep the prompt's order
-        if rng.random() < self.config.noise:
-            rng.shuffle(order)
-        notes = " ".join(f"Passage [{k}] {'bears directly on the query' if grades[k] > 0 else 'is off-topic'}."
-                         for k in order[:3])
-        reasoning = _pad(f"I need passages that help with: {_clip(query)}. {notes}", self.config.reasoning_words, rng)
+        # a verdict per passage in the prompt's order, as a reasoning model walks a list before it ranks it
+        # (terse, so that a tiny student can learn to rank from it)
+        notes = " ".join(f"[{k}] {'yes' if grades[k] > 0 else 'no'}." for k in sorted(passages))
+        reasoning = _pad(notes, self.config.reasoning_words, rng)
         return reasoning, "<answer>" + " > ".join(f"[{k}]" for k in order) + "</answer>"
 
 
