@@ -35,6 +35,7 @@ from pydantic import Field
 from reasonrank.config import Strict
 from reasonrank.prompt import SYSTEM_PROMPT, rewrite_brackets
 from reasonrank.teacher.prompts import ANSWER_MARK, PASSAGE_MARK, POINTWISE_SYSTEM_PROMPT, QUERY_MARK
+from reasonrank.training.demo_set import verdict_walk
 
 FAULT_KINDS = ("rate_limited", "server_error", "timeout", "malformed")
 
@@ -261,8 +262,7 @@ class SimulatedTeacher:
         order = sorted(grades, key=lambda k: -grades[k])  # stable: ties keep the prompt's order
         # a verdict per passage in the prompt's order, as a reasoning model walks a list before it ranks it
         # (terse, so that a tiny student can learn to rank from it)
-        notes = " ".join(f"[{k}] {'yes' if grades[k] > 0 else 'no'}." for k in sorted(passages))
-        reasoning = _pad(notes, self.config.reasoning_words, rng)
+        reasoning = _pad(verdict_walk([grades[k] > 0 for k in sorted(passages)]), self.config.reasoning_words, rng)
         return reasoning, "<answer>" + " > ".join(f"[{k}]" for k in order) + "</answer>"
 
 

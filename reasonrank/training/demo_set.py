@@ -23,9 +23,14 @@ def gold_order(window: Sequence[Candidate], qrels: dict[str, int]) -> list[int]:
     return sorted(range(len(window)), key=lambda i: (-qrels.get(window[i].docid, 0), i))
 
 
+def verdict_walk(relevant: Sequence[bool]) -> str:
+    """A verdict per passage in list order, `[1] no. [2] yes. …` (also the simulated teacher's reasoning)."""
+    return " ".join(f"[{i}] {'yes' if r else 'no'}." for i, r in enumerate(relevant, start=1))
+
+
 def templated_reasoning(window: Sequence[Candidate], qrels: dict[str, int]) -> str:
-    """A passage-by-passage verdict, `[1] no. [2] yes. …`: the answer then lists the yes-ids, then the rest."""
-    return " ".join(f"[{i}] {'yes' if qrels.get(c.docid, 0) > 0 else 'no'}." for i, c in enumerate(window, start=1))
+    """The verdict walk over `window`: the answer then lists the yes-ids, then the rest."""
+    return verdict_walk([qrels.get(c.docid, 0) > 0 for c in window])
 
 
 def _windows(request: RerankRequest, relevant: set[str], window_size: int, step: int, shuffled: int,
