@@ -31,7 +31,7 @@ class DemoConfig(Strict):
     grpo_config: str = "configs/grpo-tiny.yaml"
     evaluate_config: str = "configs/evaluate-tiny.yaml"
     stages: list[Stage] = ["synthesize", "sft", "grpo"]
-    sft_epochs: int | None = Field(4, ge=1)  # over the synthesized set (configs/sft-tiny.yaml: 2, over its own)
+    sft_epochs: int | None = Field(6, ge=1)  # over the synthesized set (configs/sft-tiny.yaml: 1, over its own)
     output_dir: str = "outputs/demo-pipeline"
     ray_num_cpus: int = 8
 

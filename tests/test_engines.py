@@ -5,6 +5,8 @@ reference the update must reproduce). Nothing is mocked; the NCCL test needs two
 """
 from __future__ import annotations
 
+import dataclasses
+
 import psutil
 import pytest
 
@@ -105,13 +107,26 @@ def test_n_samples_come_prompt_major_and_seeded(engine_name, request):
     assert _outputs(engine.generate(batch, params)) == _outputs(gens)  # same seed, same samples
 
 
+STOP_CASE = SamplingParams(temperature=1.0, max_new_tokens=12, seed=3)  # seeded: the same text both times
+
+
+def _stop_case(engine):
+    """A prompt, its seeded sampled output and a stop string from the second half of it with some non-space
+    text (the untrained model's greedy output can be all newlines)."""
+    for messages in _batch():
+        full = engine.generate([messages], STOP_CASE)[0]
+        half = full.text[len(full.text) // 2:]
+        for k in range(len(half) - 2):
+            if half[k:k + 3].strip():
+                return messages, full, half[k:k + 3]
+    pytest.fail("no prompt's output has text to pick a stop string from")
+
+
 @pytest.mark.parametrize("engine_name", ENGINES)
 def test_stop_string_ends_the_text_before_it(engine_name, request):
     engine = request.getfixturevalue(engine_name)
-    full = engine.generate(_batch()[:1], SamplingParams(max_new_tokens=12))[0]
-    stop = full.text[len(full.text) // 2:][:3]
-    assert stop.strip(), f"no stop string to pick from {full.text!r}"
-    cut = engine.generate(_batch()[:1], SamplingParams(max_new_tokens=12, stop=(stop,)))[0]
+    messages, full, stop = _stop_case(engine)
+    cut = engine.generate([messages], dataclasses.replace(STOP_CASE, stop=(stop,)))[0]
     assert cut.finish_reason == "stop"
     assert cut.text == full.text[:full.text.find(stop)]
 

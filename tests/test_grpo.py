@@ -53,7 +53,7 @@ def brief_sft(base: Path, demo, out: Path, steps: int) -> Path:
 
 def tiny_overrides(model: Path, demo, output_dir: Path, **extra) -> dict:
     return {"model": str(model), "data.demo_dir": str(demo.root), "window": WINDOW, "output_dir": str(output_dir),
-            "rollout.max_new_tokens": 96, **extra}
+            "rollout.max_new_tokens": 160, **extra}
 
 
 @pytest.fixture(scope="module")

@@ -79,7 +79,7 @@ def test_model_loads_as_tied_qwen2_with_head_size_64(tiny_model_dir, tokenizer):
     config = model.config
     assert config.model_type == "qwen2" and config.tie_word_embeddings
     assert config.hidden_size // config.num_attention_heads == 64
-    assert config.vocab_size == len(tokenizer) and 1000 < len(tokenizer) <= 4096
+    assert config.vocab_size == len(tokenizer) and 1000 < len(tokenizer) <= 4096 + len(REASONING_TAGS)
     assert config.max_position_embeddings == 4096
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
     ids = tokenizer(render(tokenizer, listwise_messages("q", ["a", "b"])), return_tensors="pt").input_ids

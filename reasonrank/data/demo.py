@@ -8,7 +8,8 @@ THAT entity, in one of a few fixed phrasings, some sharing few words with the qu
   - another fact about the same entity;
   - unrelated facts.
 BM25 is misled by the echoes (NDCG@10 around 0.3-0.5), while "states a fact about the asked entity, in the
-asked form" is a pattern a tiny transformer can learn from a couple of hundred training queries.
+asked form" is a pattern a tiny transformer can learn from a thousand training queries (from a couple of
+hundred it memorises their entities instead).
 
 Files: queries.jsonl (qid, text, domain, answer, split), corpus.jsonl (docid, text), qrels.txt (TREC),
 bm25.run (TREC): each query's 20 passages in BM25 order. The candidates are the passages written for the
@@ -27,7 +28,7 @@ from reasonrank.data.dataset import RetrievalDataset
 from reasonrank.data.tables import read_records, write_records
 from reasonrank.data.trec import write_qrels, write_run
 
-NUM_TRAIN, NUM_TEST = 200, 50
+NUM_TRAIN, NUM_TEST = 1000, 50
 CANDIDATES = 20
 SPARE_ENTITIES = 16  # per domain, never asked about: the pool for other-entity distractors
 

@@ -2,9 +2,12 @@
 
 Each training query gives listwise windows over its first-stage candidates: the windows the sliding-window
 strategy visits (same size and step as evaluation), plus shuffled windows holding all of the query's relevant
-candidates among others, so that relevant passages are not rare and position carries no signal. The target order puts the relevant passages first (by grade, then list
-position) and keeps the others in their list order. The templated reasoning judges each passage in turn,
-a pattern a tiny model can learn: the answer then only gathers the passages judged relevant, then the rest.
+candidates among others, so that relevant passages are not rare and position carries no signal. The target
+order puts the relevant passages first (by grade, then list position) and keeps the others in their list
+order. The templated reasoning quotes each passage in turn and judges it, a pattern a tiny model can learn:
+restating a passage next to its verdict keeps the judgement local (a bare verdict would have to look passage
+[k] up in the prompt, which the tiny model never learned), and the answer then gathers the passages judged
+relevant, then the rest.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from collections.abc import Sequence
 
 from reasonrank.data.dataset import RetrievalDataset
 from reasonrank.data.training_sets import SFTSample
-from reasonrank.prompt import PassageTruncator
+from reasonrank.prompt import PassageTruncator, rewrite_brackets
 from reasonrank.strategies import window_spans
 from reasonrank.types import Candidate, RerankRequest
 
@@ -23,14 +26,21 @@ def gold_order(window: Sequence[Candidate], qrels: dict[str, int]) -> list[int]:
     return sorted(range(len(window)), key=lambda i: (-qrels.get(window[i].docid, 0), i))
 
 
-def verdict_walk(relevant: Sequence[bool]) -> str:
-    """A verdict per passage in list order, `[1] no. [2] yes. …` (also the simulated teacher's reasoning)."""
-    return " ".join(f"[{i}] {'yes' if r else 'no'}." for i, r in enumerate(relevant, start=1))
+def verdict_walk(passages: Sequence[str], relevant: Sequence[bool]) -> str:
+    """Each passage quoted as the prompt shows it, then its verdict, in list order:
+    `[1] <passage 1> no. [2] <passage 2> yes. …` (also the simulated teacher's reasoning)."""
+    if len(passages) != len(relevant):
+        raise ValueError(f"{len(passages)} passages but {len(relevant)} verdicts")
+    return " ".join(f"[{i}] {text} {'yes' if r else 'no'}."
+                    for i, (text, r) in enumerate(zip(passages, relevant, strict=True), start=1))
 
 
-def templated_reasoning(window: Sequence[Candidate], qrels: dict[str, int]) -> str:
-    """The verdict walk over `window`: the answer then lists the yes-ids, then the rest."""
-    return verdict_walk([qrels.get(c.docid, 0) > 0 for c in window])
+def templated_reasoning(window: Sequence[Candidate], qrels: dict[str, int],
+                        truncate: PassageTruncator | None = None) -> str:
+    """The verdict walk over `window` (passages as the prompt shows them): the answer then lists the yes-ids,
+    then the rest."""
+    shown = [rewrite_brackets(truncate(c.text) if truncate else c.text) for c in window]
+    return verdict_walk(shown, [qrels.get(c.docid, 0) > 0 for c in window])
 
 
 def _windows(request: RerankRequest, relevant: set[str], window_size: int, step: int, shuffled: int,
@@ -61,5 +71,5 @@ def demo_sft_samples(dataset: RetrievalDataset, *, split: str = "train", depth: 
             query = request.query
             samples.append(SFTSample.from_listwise(
                 f"{query.qid}-w{k}", query.qid, query.domain, query.text, [c.text for c in window],
-                templated_reasoning(window, qrels), gold_order(window, qrels), truncate))
+                templated_reasoning(window, qrels, truncate), gold_order(window, qrels), truncate))
     return samples
