@@ -57,10 +57,15 @@ class PassageTruncator:
         return self.tokenizer.decode(ids[: self.max_tokens], skip_special_tokens=True)
 
 
+def shown_passage(text: str, truncate: PassageTruncator | None = None) -> str:
+    """A passage as the listwise prompt shows it: cut to the token budget, `[k]` rewritten to `(k)`."""
+    return rewrite_brackets(truncate(text) if truncate is not None else text)
+
+
 def listwise_user_message(query: str, passages: Sequence[str]) -> str:
     query = rewrite_brackets(query)
     n = len(passages)
-    body = "".join(f"[{i}] {rewrite_brackets(p)}\n" for i, p in enumerate(passages, start=1))
+    body = "".join(f"[{i}] {shown_passage(p)}\n" for i, p in enumerate(passages, start=1))
     return _PREFIX.format(n=n, query=query) + body + "\n" + _SUFFIX.format(n=n, query=query)
 
 

@@ -77,13 +77,10 @@ def teacher_items(request: RerankRequest, model: str, list_size: int = 20,
 
 
 def _list_orders(window: list[Candidate], shuffled: int, rng: random.Random) -> list[list[Candidate]]:
-    orders = [list(window)]
-    seen = {tuple(c.docid for c in window)}
+    orders = {tuple(c.docid for c in window): list(window)}  # insertion order: the first-stage order first
     for _ in range(100 * shuffled):  # distinct orders (a list of 2 has only one other)
         if len(orders) > shuffled:
             break
         order = rng.sample(window, len(window))
-        if tuple(c.docid for c in order) not in seen:
-            seen.add(tuple(c.docid for c in order))
-            orders.append(order)
-    return orders
+        orders.setdefault(tuple(c.docid for c in order), order)
+    return list(orders.values())

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from reasonrank.data.dataset import RetrievalDataset
 from reasonrank.data.training_sets import SFTSample
-from reasonrank.prompt import PassageTruncator, rewrite_brackets
+from reasonrank.prompt import PassageTruncator, shown_passage
 from reasonrank.strategies import window_spans
 from reasonrank.types import Candidate, RerankRequest
 
@@ -39,7 +39,7 @@ def templated_reasoning(window: Sequence[Candidate], qrels: dict[str, int],
                         truncate: PassageTruncator | None = None) -> str:
     """The verdict walk over `window` (passages as the prompt shows them): the answer then lists the yes-ids,
     then the rest."""
-    shown = [rewrite_brackets(truncate(c.text) if truncate else c.text) for c in window]
+    shown = [shown_passage(c.text, truncate) for c in window]
     return verdict_walk(shown, [qrels.get(c.docid, 0) > 0 for c in window])
 
 
