@@ -59,6 +59,7 @@ def main() -> None:
         model = args.model or str(ensure_tiny_model(os.path.join(tmp, "tiny"), demo.texts()))
         overrides = {"model": model, "data.demo_dir": str(demo.root), "steps": args.steps,
                      "output_dir": os.path.join(tmp, "out"), "checkpoint_every": 10_000, "eval.every": 0,
+                     "eval.num_prompts": 4, "eval.samples": 2,  # the evaluations are not part of a step
                      "export": False, **parse_overrides(args.overrides)}
         cfg = load_config(args.config, GRPOConfig, overrides)
         init_ray(cfg.ray_num_cpus)

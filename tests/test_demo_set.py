@@ -14,7 +14,9 @@ _PROMPT_PASSAGE = re.compile(r"^\[(\d+)\] (.*)$", re.MULTILINE)
 
 def test_verdict_walk_quotes_then_judges_each_passage():
     assert verdict_walk(["Zorvium melts at 40 degrees.", "Forum post: when?"], [True, False]) == \
-        "[1] Zorvium melts at 40 degrees. yes. [2] Forum post: when? no."
+        "[1] Zorvium melts at 40 degrees. yes. [2] Forum post: when? no. Relevant: [1]."
+    assert verdict_walk(["a", "b", "c"], [False, True, True]).endswith("[3] c yes. Relevant: [2] [3].")
+    assert verdict_walk(["a"], [False]) == "[1] a no. Relevant: none."
     with pytest.raises(ValueError, match="2 passages but 1 verdicts"):
         verdict_walk(["a", "b"], [True])
 

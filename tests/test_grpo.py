@@ -155,6 +155,8 @@ def test_config_errors_name_the_key(tmp_path):
         load_config(bad, GRPOConfig)
     with pytest.raises(ConfigError, match="advantage"):
         load_config(REPO / "configs" / "grpo-tiny.yaml", GRPOConfig, {"algorithm.advantage": "ppo"})
+    with pytest.raises(ConfigError, match="eval.samples: greedy"):
+        load_config(REPO / "configs" / "grpo-tiny.yaml", GRPOConfig, {"eval.temperature": 0, "eval.samples": 4})
 
 
 @pytest.mark.gpu

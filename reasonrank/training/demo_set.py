@@ -6,8 +6,8 @@ candidates among others, so that relevant passages are not rare and position car
 order puts the relevant passages first (by grade, then list position) and keeps the others in their list
 order. The templated reasoning quotes each passage in turn and judges it, a pattern a tiny model can learn:
 restating a passage next to its verdict keeps the judgement local (a bare verdict would have to look passage
-[k] up in the prompt, which the tiny model never learned), and the answer then gathers the passages judged
-relevant, then the rest.
+[k] up in the prompt, which the tiny model never learned); a closing recap names the ids judged relevant, and
+the answer lists them, then the rest.
 """
 from __future__ import annotations
 
@@ -27,12 +27,16 @@ def gold_order(window: Sequence[Candidate], qrels: dict[str, int]) -> list[int]:
 
 
 def verdict_walk(passages: Sequence[str], relevant: Sequence[bool]) -> str:
-    """Each passage quoted as the prompt shows it, then its verdict, in list order:
-    `[1] <passage 1> no. [2] <passage 2> yes. …` (also the simulated teacher's reasoning)."""
+    """Each passage quoted as the prompt shows it, then its verdict, in list order, then the ids judged
+    relevant: `[1] <passage 1> no. [2] <passage 2> yes. … Relevant: [2].` (also the simulated teacher's
+    reasoning). The closing recap sits next to the answer, so writing the rest of the ranking is a matter of
+    skipping the ids it names (without it the tiny model repeated ids in the answer's tail)."""
     if len(passages) != len(relevant):
         raise ValueError(f"{len(passages)} passages but {len(relevant)} verdicts")
-    return " ".join(f"[{i}] {text} {'yes' if r else 'no'}."
-                    for i, (text, r) in enumerate(zip(passages, relevant, strict=True), start=1))
+    walk = [f"[{i}] {text} {'yes' if r else 'no'}."
+            for i, (text, r) in enumerate(zip(passages, relevant, strict=True), start=1)]
+    named = " ".join(f"[{i}]" for i, r in enumerate(relevant, start=1) if r) or "none"
+    return " ".join([*walk, f"Relevant: {named}."])
 
 
 def templated_reasoning(window: Sequence[Candidate], qrels: dict[str, int],
