@@ -34,7 +34,7 @@ def verdict_walk(passages: Sequence[str], relevant: Sequence[bool]) -> str:
     if len(passages) != len(relevant):
         raise ValueError(f"{len(passages)} passages but {len(relevant)} verdicts")
     walk = [f"[{i}] {text} {'yes' if r else 'no'}."
-            for i, (text, r) in enumerate(zip(passages, relevant, strict=True), start=1)]
+            for i, (text, r) in enumerate(zip(passages, relevant), start=1)]
     named = " ".join(f"[{i}]" for i, r in enumerate(relevant, start=1) if r) or "none"
     return " ".join([*walk, f"Relevant: {named}."])
 
