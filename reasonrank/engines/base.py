@@ -23,6 +23,12 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     logprobs: bool = False  # return the sampled tokens' log-probabilities (rollouts)
 
+    def sample_seed(self, prompt_index: int, sample_index: int = 0) -> int | None:
+        """The seed of sample j of prompt i in a batch: seed + i·n + j, so no two samples of a batch share a
+        random stream (one seed per prompt would give sample j of every prompt the same noise, and a step's
+        groups would err together). vLLM numbers a request's samples seed + j itself."""
+        return None if self.seed is None else self.seed + prompt_index * self.n + sample_index
+
 
 @dataclass
 class Generation:

@@ -202,13 +202,10 @@ class OpenAIEngine(Engine):
 
     def generate(self, batch: list[Messages], params: SamplingParams) -> list[Generation]:
         """All prompts' samples concurrently (at most max_concurrency in flight); prompt-major order.
-        Sample j of a prompt uses seed + j when a seed is given, so the n samples differ."""
+        Each sample is a request of its own, seeded by `SamplingParams.sample_seed` when a seed is given."""
         async def run_all() -> list[Generation]:
-            calls = []
-            for messages in batch:
-                for j in range(params.n):
-                    seed = None if params.seed is None else params.seed + j
-                    calls.append(self.agenerate(messages, replace(params, n=1, seed=seed)))
+            calls = [self.agenerate(messages, replace(params, n=1, seed=params.sample_seed(i, j)))
+                     for i, messages in enumerate(batch) for j in range(params.n)]
             try:
                 return list(await asyncio.gather(*calls))
             finally:

@@ -94,10 +94,10 @@ class VLLMEngine(Engine):
 
         if not batch:
             return []
-        sampling = VLLMSamplingParams(
+        sampling = [VLLMSamplingParams(
             n=params.n, temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_new_tokens,
-            seed=params.seed, stop=list(params.stop) or None, logprobs=0 if params.logprobs else None,
-        )
+            seed=params.sample_seed(i), stop=list(params.stop) or None, logprobs=0 if params.logprobs else None,
+        ) for i in range(len(batch))]
         started = time.perf_counter()
         outputs = self._llm.chat(batch, sampling, use_tqdm=False)
         latency = time.perf_counter() - started
