@@ -90,7 +90,7 @@ class EnginePool(Engine):
         return self._tokenizer
 
     def generate(self, batch: list[Messages], params: SamplingParams) -> list[Generation]:
-        calls = [(replica, self.actors[replica].generate.remote(batch[start:end], params))
+        calls = [(replica, self.actors[replica].generate.remote(batch[start:end], params.from_prompt(start)))
                  for replica, (start, end) in enumerate(balanced_spans(len(batch), len(self.actors)))
                  if end > start]
         return [gen for chunk in self._gather("generate", calls) for gen in chunk]

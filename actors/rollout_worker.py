@@ -121,7 +121,8 @@ class RolloutGroup:
         return [r for w in sorted(results) for r in results[w]]
 
     def _submit(self, w: int, samples: Sequence[RLSample], shard: range, params: SamplingParams) -> ray.ObjectRef:
-        return self.workers[w].rollouts.remote([samples[i] for i in shard], list(shard), params)
+        shard_params = params.from_prompt(shard.start)  # the shard's seeds go on from the prompts before it
+        return self.workers[w].rollouts.remote([samples[i] for i in shard], list(shard), shard_params)
 
     def _wait_alive(self, w: int) -> None:
         deadline = time.monotonic() + self.RESTART_TIMEOUT_S

@@ -71,13 +71,14 @@ def test_pool_returns_what_one_engine_returns_in_order(pool):
 
 
 @pytest.mark.slow
-def test_pool_keeps_prompt_major_groups_for_n_samples(pool):
+def test_a_seeded_batch_split_over_replicas_samples_what_one_engine_samples(pool):
     batch = _batch(3)
-    gens = pool.generate(batch, SamplingParams(temperature=1.0, max_new_tokens=4, n=2, seed=3))
-    last = pool.actors[0].generate.remote(batch[2:], SamplingParams(temperature=1.0, max_new_tokens=4, n=2, seed=3))
+    params = SamplingParams(temperature=1.0, max_new_tokens=4, n=2, seed=3)
+    gens = pool.generate(batch, params)  # prompts 0-1 on replica 0, prompt 2 on replica 1: seeds go on from 0-1
+    whole = ray.get(pool.actors[0].generate.remote(batch, params))
     assert len(gens) == 6
-    assert [g.prompt_tokens for g in gens[::2]] == [g.prompt_tokens for g in gens[1::2]]
-    _assert_same(gens[4:], ray.get(last))
+    assert [g.prompt_tokens for g in gens[::2]] == [g.prompt_tokens for g in gens[1::2]]  # prompt-major groups
+    _assert_same(gens, whole)
 
 
 @pytest.mark.slow

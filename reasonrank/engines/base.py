@@ -7,7 +7,7 @@ from, so that cost can be logged per window without knowing the backend.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 Messages = list[dict[str, str]]
@@ -28,6 +28,11 @@ class SamplingParams:
         random stream (one seed per prompt would give sample j of every prompt the same noise, and a step's
         groups would err together). vLLM numbers a request's samples seed + j itself."""
         return None if self.seed is None else self.seed + prompt_index * self.n + sample_index
+
+    def from_prompt(self, start: int) -> SamplingParams:
+        """These params for the part of a batch that begins at prompt `start` (a batch split over engines): its
+        seeds go on from the batch's, so the parts sample what one engine would sample for the whole batch."""
+        return replace(self, seed=self.sample_seed(start))
 
 
 @dataclass
