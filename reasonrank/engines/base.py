@@ -31,7 +31,8 @@ class SamplingParams:
 
     def from_prompt(self, start: int) -> SamplingParams:
         """These params for the part of a batch that begins at prompt `start` (a batch split over engines): its
-        seeds go on from the batch's, so the parts sample what one engine would sample for the whole batch."""
+        seeds go on from the batch's, so the parts sample what one engine would sample for the whole batch
+        (on engines that seed each sample: vLLM, OpenAI-compatible; transformers draws a batch from one seed)."""
         return replace(self, seed=self.sample_seed(start))
 
 
