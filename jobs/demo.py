@@ -1,7 +1,8 @@
 """The demo pipeline on the embedded defaults — what `make demo` runs.
 
     synthesize (the simulated teacher on the demo data) → SFT (tiny model) → GRPO
-    → evaluate the untrained, SFT and GRPO models on the held-out demo queries → one table
+    → evaluate the untrained, SFT and GRPO models on the held-out demo queries → one table, and each model
+      compared query by query with the one before it (is the gain more than the choice of queries makes?)
 
 Each stage is the ordinary job (`jobs.<stage>.run`) on its own config, chained by overriding paths, so the
 demo exercises exactly what a cluster runs. Stages resume from their outputs, so a rerun is cheap.
@@ -18,6 +19,7 @@ from jobs.common import init_ray, main
 from reasonrank import storage
 from reasonrank.config import Strict, apply_overrides, load_config, parse_config
 from reasonrank.reporting import metrics_table, plot_metrics
+from reasonrank.significance import PairedDifference
 
 log = logging.getLogger("jobs.demo")
 
@@ -66,18 +68,26 @@ def pipeline(cfg: DemoConfig) -> dict[str, Any]:
         models["GRPO"] = storage.join(grpo_dir, "final")
 
     columns: dict[str, dict[str, float]] = {}
+    compared: dict[str, dict[str, Any]] = {}
+    previous: str | None = None
     for name, model in models.items():
-        summary = evaluate.run(cfg.evaluate_config, {"engine.model": model,
-                                                     "build_tiny_model": name == "untrained",
-                                                     "output_dir": storage.join(out, f"evaluate-{name}")})
+        eval_dir = storage.join(out, f"evaluate-{name}")
+        baseline = {"baseline_run": storage.join(out, f"evaluate-{previous}", "run.trec")} if previous else {}
+        summary = evaluate.run(cfg.evaluate_config, {"engine.model": model, "build_tiny_model": name == "untrained",
+                                                     "output_dir": eval_dir, **baseline})
         if not columns:
             columns["BM25"] = dict(summary["before"])
         columns[name] = {**summary["after"], "well_formed": summary["well_formed_rate"]}
+        if previous:
+            compared[f"{name} vs {previous}"] = summary["vs_baseline"]["ndcg@10"]
+        previous = name
     storage.makedirs(out)
     table = metrics_table(columns, SHOWN)
-    print("\nDemo pipeline — held-out demo queries\n" + table)
+    lines = [f"{pair}: {PairedDifference.from_dict(d).describe()}" for pair, d in compared.items()]
+    print("\nDemo pipeline — held-out demo queries\n" + "\n".join([table, *lines]))
     png = plot_metrics(columns, SHOWN, storage.join(out, "summary.png"), "demo: first stage vs rerankers")
-    summary = {"models": models, "metrics": columns, "table": table, "plot": str(png), "stages": results}
+    summary = {"models": models, "metrics": columns, "compared": compared, "table": table, "plot": str(png),
+               "stages": results}
     storage.write_text_atomic(storage.join(out, "summary.json"), json.dumps(summary, indent=2, default=str))
     return summary
 

@@ -6,7 +6,9 @@ Engine replicas run as Ray actors (an `EnginePool`); queries are reranked in bat
 engine calls. Each finished batch is saved under `<output_dir>/parts/`, so a stopped job resubmitted with
 the same config resumes with the queries it had not done. Outputs: `run.trec` (reranked), `first_stage.trec`,
 `metrics.json` (before/after reranking), `windows.jsonl` (per-window tokens, latency, well-formedness),
-`metrics.png`.
+`metrics.png`. With `baseline_run` (another ranker's TREC run over the same queries, e.g. the SFT model's
+`run.trec`), `metrics.json` also compares the two query by query: the mean difference of each metric, its 95%
+confidence interval and a paired randomisation test (`reasonrank/significance.py`).
 """
 from __future__ import annotations
 
@@ -22,10 +24,11 @@ from pydantic import Field
 from jobs.common import init_ray, main
 from reasonrank import storage
 from reasonrank.config import DataConfig, EngineConfig, SamplingConfig, StrategyConfig, Strict, load_config
-from reasonrank.data.trec import write_run
-from reasonrank.metrics import evaluate_run
+from reasonrank.data.trec import Run, read_run, write_run
+from reasonrank.metrics import evaluate_run, per_query_metrics
 from reasonrank.prompt import PassageTruncator
 from reasonrank.reporting import metrics_table, plot_metrics
+from reasonrank.significance import PairedDifference, paired_difference
 from reasonrank.strategies import rerank
 from reasonrank.types import RerankRequest
 
@@ -44,6 +47,7 @@ class EvaluateConfig(Strict):
     strategy: StrategyConfig = StrategyConfig()
     sampling: SamplingConfig = SamplingConfig()
     queries_per_batch: int = Field(32, ge=1)  # reranked together (shared engine calls), saved together
+    baseline_run: str | None = None  # a TREC run of the same queries to compare with, query by query
     output_dir: str = "outputs/evaluate"
     ray_num_cpus: int | None = 8  # logical CPUs of an embedded Ray (ignored on a cluster)
 
@@ -61,6 +65,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     dataset = cfg.data.load()
     depth = cfg.strategy.depth or cfg.data.first_stage_depth
     requests = dataset.requests(cfg.data.first_stage_depth)
+    baseline = _read_baseline(cfg.baseline_run, [r.query.qid for r in requests]) if cfg.baseline_run else None
     if cfg.build_tiny_model:
         _ensure_tiny_model(cfg)
     parts_dir = storage.join(cfg.output_dir, "parts")
@@ -91,7 +96,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
                     done.update({rec["qid"]: rec for rec in records})
         finally:
             pool.close()
-    return _report(cfg, requests, done, dataset.qrels, depth)
+    return _report(cfg, requests, done, dataset.qrels, depth, baseline)
 
 
 def _ensure_tiny_model(cfg: EvaluateConfig) -> None:
@@ -99,6 +104,26 @@ def _ensure_tiny_model(cfg: EvaluateConfig) -> None:
     from reasonrank.tiny_model import ensure_tiny_model
 
     ensure_tiny_model(cfg.engine.model, ensure_demo_dataset(cfg.data.demo_dir).texts())
+
+
+def _read_baseline(path: str, qids: list[str]) -> Run:
+    """The baseline run's rankings of `qids`; every one of them must be there (checked before reranking)."""
+    with tempfile.TemporaryDirectory() as tmp, storage.open_file(path) as f:
+        local = os.path.join(tmp, "baseline.trec")
+        with open(local, "w") as out:
+            out.write(f.read())
+        run = read_run(local)
+    missing = [q for q in qids if not run.get(q)]
+    if missing:
+        raise ValueError(f"baseline_run {path} has no ranking for {len(missing)} of the {len(qids)} queries "
+                         f"evaluated (e.g. {missing[:3]}): compare runs over the same queries")
+    return {q: run[q] for q in qids}
+
+
+def _compare(baseline: Run, reranked: Run, qrels: dict[str, dict[str, int]]) -> dict[str, PairedDifference]:
+    before, after = per_query_metrics(baseline, qrels), per_query_metrics(reranked, qrels)
+    return {m: paired_difference({q: v[m] for q, v in before.items()}, {q: v[m] for q, v in after.items()}, m)
+            for m in REPORTED}
 
 
 def _part_record(ranked) -> dict[str, Any]:
@@ -116,7 +141,7 @@ def _load_parts(parts_dir: str) -> dict[str, dict[str, Any]]:
 
 
 def _report(cfg: EvaluateConfig, requests: list[RerankRequest], done: dict[str, dict[str, Any]],
-            qrels: dict[str, dict[str, int]], depth: int) -> dict[str, Any]:
+            qrels: dict[str, dict[str, int]], depth: int, baseline: Run | None) -> dict[str, Any]:
     first_stage = {r.query.qid: [c.docid for c in r.candidates] for r in requests}
     reranked = {}
     for qid, before in first_stage.items():
@@ -140,6 +165,9 @@ def _report(cfg: EvaluateConfig, requests: list[RerankRequest], done: dict[str, 
         "before": {m: before_m.get(m) for m in REPORTED},
         "after": {m: after_m.get(m) for m in REPORTED},
     }
+    compared = _compare(baseline, _as_scores(reranked), qrels) if baseline is not None else {}
+    if compared:
+        summary["vs_baseline"] = {"run": cfg.baseline_run, **{m: d.as_dict() for m, d in compared.items()}}
     out = cfg.output_dir
     storage.makedirs(out)
     _write_run(storage.join(out, "first_stage.trec"), first_stage, "first_stage")
@@ -153,6 +181,8 @@ def _report(cfg: EvaluateConfig, requests: list[RerankRequest], done: dict[str, 
         storage.put_file(str(png), storage.join(out, "metrics.png"))
     print(metrics_table(columns, REPORTED))
     print(f"well-formed windows: {summary['well_formed_rate']:.1%} of {summary['windows']}; outputs in {out}")
+    if compared:
+        print(f"vs {cfg.baseline_run}: {compared['ndcg@10'].describe()}")
     return summary
 
 

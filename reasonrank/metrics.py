@@ -59,6 +59,23 @@ def _top(scores: Mapping[str, float], k: int) -> dict[str, float]:
     return dict(sorted(scores.items(), key=lambda kv: (np.float32(kv[1]), kv[0]), reverse=True)[:k])
 
 
+def per_query_metrics(run: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapping[str, int]],
+                      ndcg_ks: Sequence[int] = (1, 5, 10), recall_ks: Sequence[int] = (10, 100),
+                      mrr_k: int = 10) -> dict[str, dict[str, float]]:
+    """ndcg@k, recall@k and mrr@k of each query that has qrels and a ranking in `run` (qid -> docid ->
+    score), as trec_eval computes them per query."""
+    judged = {q: {d: int(r) for d, r in rels.items()} for q, rels in qrels.items()}
+    ranked = {q: {d: float(s) for d, s in scores.items()} for q, scores in run.items() if q in judged and scores}
+    names = {f"ndcg_cut_{k}": f"ndcg@{k}" for k in ndcg_ks} | {f"recall_{k}": f"recall@{k}" for k in recall_ks}
+    measures = {f"ndcg_cut.{','.join(map(str, ndcg_ks))}", f"recall.{','.join(map(str, recall_ks))}"}
+    per_query = {q: {names[m]: v for m, v in values.items() if m in names}
+                 for q, values in pytrec_eval.RelevanceEvaluator(judged, measures).evaluate(ranked).items()}
+    cut = {q: _top(scores, mrr_k) for q, scores in ranked.items()}
+    for q, values in pytrec_eval.RelevanceEvaluator(judged, {"recip_rank"}).evaluate(cut).items():
+        per_query[q][f"mrr@{mrr_k}"] = values["recip_rank"]
+    return per_query
+
+
 def evaluate_run(run: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapping[str, int]],
                  ndcg_ks: Sequence[int] = (1, 5, 10), recall_ks: Sequence[int] = (10, 100),
                  mrr_k: int = 10, missing_as_zero: bool = False) -> dict[str, float]:
@@ -68,19 +85,12 @@ def evaluate_run(run: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Map
     is left out of the means; the number left out is logged. `missing_as_zero=True` counts such queries
     as 0 instead (trec_eval `-c`). Queries with qrels but no relevant document count, and score 0.
     """
-    judged = {q: {d: int(r) for d, r in rels.items()} for q, rels in qrels.items()}
-    ranked = {q: {d: float(s) for d, s in scores.items()} for q, scores in run.items() if q in judged and scores}
-    missing = len(judged) - len(ranked)
+    per_query = per_query_metrics(run, qrels, ndcg_ks, recall_ks, mrr_k)
+    missing = len(qrels) - len(per_query)
     if missing:
-        log.warning("%d of %d judged queries have no ranking in the run; %s", missing, len(judged),
+        log.warning("%d of %d judged queries have no ranking in the run; %s", missing, len(qrels),
                     "counted as 0" if missing_as_zero else "left out of the means (as trec_eval without -c)")
-    names = {f"ndcg_cut_{k}": f"ndcg@{k}" for k in ndcg_ks} | {f"recall_{k}": f"recall@{k}" for k in recall_ks}
-    measures = {f"ndcg_cut.{','.join(map(str, ndcg_ks))}", f"recall.{','.join(map(str, recall_ks))}"}
-    per_query = pytrec_eval.RelevanceEvaluator(judged, measures).evaluate(ranked)
-    cut = {q: _top(scores, mrr_k) for q, scores in ranked.items()}
-    for q, values in pytrec_eval.RelevanceEvaluator(judged, {"recip_rank"}).evaluate(cut).items():
-        per_query[q]["recip_rank"] = values["recip_rank"]
-    names["recip_rank"] = f"mrr@{mrr_k}"
-    denominator = len(judged) if missing_as_zero else len(per_query)
-    return {name: (sum(v[m] for v in per_query.values()) / denominator if denominator else 0.0)
-            for m, name in names.items()}
+    names = [*(f"ndcg@{k}" for k in ndcg_ks), *(f"recall@{k}" for k in recall_ks), f"mrr@{mrr_k}"]
+    denominator = len(qrels) if missing_as_zero else len(per_query)
+    return {name: (sum(v[name] for v in per_query.values()) / denominator if denominator else 0.0)
+            for name in names}

@@ -203,7 +203,7 @@ def test_demo_dataset_is_deterministic(demo_data, tmp_path):
 def test_demo_dataset_shape(demo_data):
     dataset = demo_data.load()
     splits = Counter(dataset.splits.values())
-    assert splits == {"train": 1000, "test": 50}
+    assert splits == {"train": 1000, "test": 250}
     assert set(Counter(q.domain for q in dataset.queries)) == {"qa", "code", "math", "web"}
     assert all(q.answer for q in dataset.queries)
     assert all(len(r.candidates) == 20 for r in dataset.requests())

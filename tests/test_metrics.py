@@ -7,7 +7,7 @@ import random
 import pytest
 import pytrec_eval
 
-from reasonrank.metrics import evaluate_run, mrr_at_k, ndcg_at_k, rbo_score, recall_at_k
+from reasonrank.metrics import evaluate_run, mrr_at_k, ndcg_at_k, per_query_metrics, rbo_score, recall_at_k
 
 
 def _random_case(rng: random.Random) -> tuple[list[str], dict[str, int]]:
@@ -74,6 +74,11 @@ def test_evaluate_run_is_the_mean_over_judged_queries():
     assert metrics["recall@10"] == pytest.approx((1 + 1 + 0) / 3)
     with_zero = evaluate_run(run, qrels, missing_as_zero=True)
     assert with_zero["mrr@10"] == pytest.approx((1 + 0.5 + 0 + 0) / 4)
+
+    each = per_query_metrics(run, qrels)  # what the means are made of, and what paired comparisons use
+    assert set(each) == {"q1", "q2", "q4"}
+    assert {q: v["mrr@10"] for q, v in each.items()} == {"q1": 1.0, "q2": 0.5, "q4": 0.0}
+    assert each["q1"]["ndcg@10"] == pytest.approx(ndcg_at_k(per_query["q1"], qrels["q1"], 10))
 
 
 def test_evaluate_run_cuts_mrr_at_k_in_trec_eval_order():

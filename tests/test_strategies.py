@@ -2,7 +2,7 @@
 
 The engine here is a scripted test double (it reverses every window and records each call), used only to
 see which windows a strategy asks for and how `rerank` batches them; the real engines run the same
-strategies in tests/test_engine_pool.py and tests/test_evaluate.py.
+strategies in tests/test_engine_pool.py, tests/test_evaluate.py and tests/test_submit.py.
 """
 from __future__ import annotations
 

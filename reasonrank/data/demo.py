@@ -28,7 +28,7 @@ from reasonrank.data.dataset import RetrievalDataset
 from reasonrank.data.tables import read_records, write_records
 from reasonrank.data.trec import write_qrels, write_run
 
-NUM_TRAIN, NUM_TEST = 1000, 50
+NUM_TRAIN, NUM_TEST = 1000, 250
 CANDIDATES = 20
 SPARE_ENTITIES = 16  # per domain, never asked about: the pool for other-entity distractors
 
