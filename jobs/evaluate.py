@@ -150,7 +150,8 @@ def _report(cfg: EvaluateConfig, requests: list[RerankRequest], done: dict[str, 
         reranked[qid] = top + [d for d in before if d not in placed]  # below the reranked depth: as before
     windows = [w for rec in done.values() for w in rec["windows"]]
     before_m = evaluate_run(_as_scores(first_stage), qrels)
-    after_m = evaluate_run(_as_scores(reranked), qrels)
+    reranked_scores = _as_scores(reranked)
+    after_m = evaluate_run(reranked_scores, qrels)
     n_win = max(len(windows), 1)
     summary = {
         "queries": len(requests),
@@ -165,7 +166,7 @@ def _report(cfg: EvaluateConfig, requests: list[RerankRequest], done: dict[str, 
         "before": {m: before_m.get(m) for m in REPORTED},
         "after": {m: after_m.get(m) for m in REPORTED},
     }
-    compared = _compare(baseline, _as_scores(reranked), qrels) if baseline is not None else {}
+    compared = _compare(baseline, reranked_scores, qrels) if baseline is not None else {}
     if compared:
         summary["vs_baseline"] = {"run": cfg.baseline_run, **{m: d.as_dict() for m, d in compared.items()}}
     out = cfg.output_dir
