@@ -108,11 +108,7 @@ def _ensure_tiny_model(cfg: EvaluateConfig) -> None:
 
 def _read_baseline(path: str, qids: list[str]) -> Run:
     """The baseline run's rankings of `qids`; every one of them must be there (checked before reranking)."""
-    with tempfile.TemporaryDirectory() as tmp, storage.open_file(path) as f:
-        local = os.path.join(tmp, "baseline.trec")
-        with open(local, "w") as out:
-            out.write(f.read())
-        run = read_run(local)
+    run = read_run(path)
     missing = [q for q in qids if not run.get(q)]
     if missing:
         raise ValueError(f"baseline_run {path} has no ranking for {len(missing)} of the {len(qids)} queries "

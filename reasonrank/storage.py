@@ -39,8 +39,8 @@ def listdir(path: str) -> list[str]:
     return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False))
 
 
-def open_file(path: str, mode: str = "r") -> IO[Any]:
-    return fsspec.open(path, mode).open()
+def open_file(path: str, mode: str = "r", encoding: str = "utf-8") -> IO[Any]:
+    return fsspec.open(path, mode, encoding=encoding).open()
 
 
 def write_text_atomic(path: str, text: str) -> None:

@@ -41,6 +41,15 @@ def test_tied_scores_cannot_be_reordered_by_trec_eval(tmp_path):
     assert evaluate_run(read_run(path), {"q": {"a": 1}})["mrr@10"] == 1.0
 
 
+def test_trec_files_are_read_from_storage_uris(tmp_path):
+    # fsspec's in-memory filesystem stands in for s3:// or gs:// (no object store here)
+    from reasonrank import storage
+
+    write_run(tmp_path / "run.trec", {"q": ["a", "b"]})
+    storage.put_file(str(tmp_path / "run.trec"), "memory://trec-test/run.trec")
+    assert read_run("memory://trec-test/run.trec") == read_run(tmp_path / "run.trec")
+
+
 def test_qrels_round_trip_and_malformed_lines_name_file_and_line(tmp_path):
     qrels = {"q1": {"d1": 2, "d2": 0}, "q2": {"d3": 1}}
     write_qrels(tmp_path / "qrels.txt", qrels)

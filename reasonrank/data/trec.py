@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from reasonrank import storage
+
 Qrels = dict[str, dict[str, int]]
 Run = dict[str, dict[str, float]]
 Ranking = Sequence[str] | Sequence[tuple[str, float]] | Mapping[str, float]
@@ -23,7 +25,7 @@ class TrecFormatError(ValueError):
 
 
 def _lines(path: str | Path) -> Iterable[tuple[int, list[str]]]:
-    with open(path, encoding="utf-8") as f:
+    with storage.open_file(str(path)) as f:  # local or object storage (s3://, gs://, ...)
         for number, line in enumerate(f, start=1):
             if line.strip():
                 yield number, line.split()
