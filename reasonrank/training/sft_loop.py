@@ -57,8 +57,10 @@ def batch_digest(ids_per_rank: list[list[str]]) -> str:
     return hashlib.sha1("|".join(",".join(ids) for ids in ids_per_rank).encode()).hexdigest()[:12]
 
 
-def _sum_across_ranks(values: list[float]) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64)
+def _sum_across_ranks(values: list[float], device: torch.device) -> list[float]:
+    """Element-wise sums over all ranks. The tensor lives on the model's `device`: NCCL (Ray Train's backend on
+    GPUs) reduces CUDA tensors only."""
+    t = torch.tensor(values, dtype=torch.float64, device=device)
     if dist.is_initialized():
         dist.all_reduce(t)
     return t.tolist()
@@ -78,14 +80,14 @@ def _one_step(engine: Any, micro_batches: list[MicroBatch], pad_id: int, device:
     lr = engine.get_lr()[0]  # the rate this step applies
     losses, tokens, trained = [], 0, 0
     for mb in micro_batches:
-        batch = {k: v.to(device) for k, v in collate(mb.input_ids, mb.loss_mask, pad_id).items()}
-        loss = engine(**batch).loss  # mean over this micro-batch's trained tokens
+        cpu_batch = collate(mb.input_ids, mb.loss_mask, pad_id)
+        tokens += int(cpu_batch["attention_mask"].sum())  # counted before the copy: no device sync for them
+        trained += int((cpu_batch["labels"] != -100).sum())
+        loss = engine(**{k: v.to(device) for k, v in cpu_batch.items()}).loss  # mean over its trained tokens
         engine.backward(loss)
         engine.step()  # DeepSpeed steps the optimizer only at the accumulation boundary
         losses.append(loss.item())
-        tokens += int(batch["attention_mask"].sum())
-        trained += int((batch["labels"] != -100).sum())
-    loss_sum, n, tokens_all, trained_all = _sum_across_ranks([sum(losses), len(losses), tokens, trained])
+    loss_sum, n, tokens_all, trained_all = _sum_across_ranks([sum(losses), len(losses), tokens, trained], device)
     step_time = time.perf_counter() - start  # the all-reduce waited for the slowest rank
     ids = _gather_ids([i for mb in micro_batches for i in mb.ids])
     return {"step": step, "epoch": epoch, "loss": loss_sum / n, "lr": lr, "tokens": int(tokens_all),
