@@ -29,6 +29,7 @@ import torch
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from actors import sharding
 from reasonrank import storage
 from reasonrank.rl.batch import pack, pad_right, response_logprobs
 from reasonrank.rl.losses import GRPOLoss
@@ -253,10 +254,13 @@ class LearnerGroup:
 
     def train_step(self, rollouts: Sequence[Rollout], ref_logprobs: Sequence[list[float]] | None = None
                    ) -> dict[str, float]:
-        """Rank r trains on rollouts r, r + N, r + 2N, … (groups spread over ranks); stats averaged over ranks."""
+        """Each rank trains on its share of the rollouts, decided by their (group, index) keys, so every group is
+        spread over the ranks whatever order the rollouts arrive in; stats averaged over ranks."""
         n = len(self.actors)
-        refs = [a.train_step.remote(list(rollouts[r::n]), None if ref_logprobs is None else list(ref_logprobs[r::n]))
-                for r, a in enumerate(self.actors)]
+        reference = [None] * len(rollouts) if ref_logprobs is None else list(ref_logprobs)
+        shares = sharding.by_key(list(zip(rollouts, reference, strict=True)), n, key=lambda pair: pair[0].key)
+        refs = [a.train_step.remote([r for r, _ in share], None if ref_logprobs is None else [lp for _, lp in share])
+                for a, share in zip(self.actors, shares)]
         per_rank = ray.get(refs)
         return {k: sum(s[k] for s in per_rank) / n for k in per_rank[0]}
 

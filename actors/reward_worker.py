@@ -12,6 +12,7 @@ from typing import Any
 
 import ray
 
+from actors.sharding import contiguous
 from reasonrank.data.training_sets import RLSample
 from reasonrank.reward import RewardWeights, reward_breakdown
 
@@ -28,7 +29,7 @@ class RewardWorker:
 
 
 class RewardPool:
-    """Spreads a step's rollouts over the reward actors in equal batches and gathers the breakdowns in order."""
+    """Spreads a step's rollouts over the reward actors in balanced batches; gathers the breakdowns in order."""
 
     def __init__(self, weights: RewardWeights, replicas: int, num_cpus: float = 0.25):
         self.workers = [RewardWorker.options(num_cpus=num_cpus).remote(weights.model_dump())
@@ -37,9 +38,7 @@ class RewardPool:
     def score(self, texts: Sequence[str], samples: Sequence[RLSample]) -> list[dict[str, Any]]:
         """The reward breakdown of `texts[i]` answering `samples[i]`'s window."""
         items = [(t, s.docids, s.relevant_docids, s.teacher_ranking) for t, s in zip(texts, samples, strict=True)]
-        size = -(-len(items) // len(self.workers))
-        refs = [w.score.remote(items[lo: lo + size])
-                for w, lo in zip(self.workers, range(0, len(items), size))]
+        refs = [w.score.remote(share) for w, share in zip(self.workers, contiguous(items, len(self.workers))) if share]
         return [b for batch in ray.get(refs) for b in batch]
 
     def close(self) -> None:

@@ -20,7 +20,8 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
-from actors.engine_pool import EngineActor, balanced_spans
+from actors.engine_pool import EngineActor
+from actors.sharding import balanced_spans
 from reasonrank import storage
 from reasonrank.config import EngineConfig
 from reasonrank.data.training_sets import RLSample
@@ -60,7 +61,7 @@ class RolloutWorker(EngineActor):
                 raise RuntimeError(f"the engine saw {gen.prompt_tokens} prompt tokens for {samples[i].id}, the "
                                    f"tokenizer gives {len(prompt_ids[i])}: learner and engine would disagree")
             out.append(Rollout(samples[i].id, groups[i], prompt_ids[i], gen.token_ids, gen.logprobs, gen.text,
-                               gen.finish_reason, gen.extra["weights_version"]))
+                               gen.finish_reason, gen.extra["weights_version"], index=k % params.n))
         return out
 
     def __ray_shutdown__(self) -> None:  # graceful exit: stop the engine's processes with the actor

@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import Field
 
 from jobs.common import init_ray, main
-from reasonrank import storage
+from reasonrank import fingerprint, storage
 from reasonrank.config import DataConfig, EngineConfig, SamplingConfig, StrategyConfig, Strict, load_config
 from reasonrank.data.trec import Run, read_run, write_run
 from reasonrank.metrics import evaluate_run, per_query_metrics
@@ -66,6 +66,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     depth = cfg.strategy.depth or cfg.data.first_stage_depth
     requests = dataset.requests(cfg.data.first_stage_depth)
     baseline = _read_baseline(cfg.baseline_run, [r.query.qid for r in requests]) if cfg.baseline_run else None
+    fingerprint.check_and_record(cfg.output_dir, "evaluate", results_fingerprint(cfg))
     if cfg.build_tiny_model:
         _ensure_tiny_model(cfg)
     parts_dir = storage.join(cfg.output_dir, "parts")
@@ -97,6 +98,11 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         finally:
             pool.close()
     return _report(cfg, requests, done, dataset.qrels, depth, baseline)
+
+
+def results_fingerprint(cfg: EvaluateConfig) -> dict[str, Any]:
+    """What the reranked run depends on: the baseline only changes the comparison, made anew every run."""
+    return fingerprint.fingerprint(cfg, ignore=("build_tiny_model", "baseline_run"))
 
 
 def _ensure_tiny_model(cfg: EvaluateConfig) -> None:

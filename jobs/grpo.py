@@ -28,21 +28,20 @@ import time
 from typing import Any, Literal
 
 import ray
-import torch
 from pydantic import Field, model_validator
 
 from jobs.common import init_ray, main
-from reasonrank import storage
+from reasonrank import fingerprint, storage
 from reasonrank.config import DataConfig, EngineConfig, Strict, load_config
 from reasonrank.data.training_sets import RLSample
 from reasonrank.engines.base import SamplingParams
 from reasonrank.reward import RewardWeights
-from reasonrank.rl.advantages import ADVANTAGE_ESTIMATORS
+from reasonrank.rl.advantages import ADVANTAGE_ESTIMATORS, grouped_advantages
 from reasonrank.rl.curves import plot_reward_curve
 from reasonrank.rl.losses import AGGREGATIONS, GRPOLoss
 from reasonrank.rl.kl import KL_ESTIMATORS
 from reasonrank.rl.rollout import Rollout
-from reasonrank.rl.sampler import PromptSampler
+from reasonrank.rl.sampler import PromptSampler, step_seed
 from reasonrank.training.config import DeepSpeedConfig, ModelConfig, OptimizerConfig
 
 log = logging.getLogger("jobs.grpo")
@@ -105,8 +104,9 @@ class EvalConfig(Strict):
     every evaluation (common random numbers: the curve moves with the weights, not with the draw), or of the
     greedy response (temperature 0, one sample: what the evaluate job ranks with)."""
 
-    rl_set: str | None = None  # RLSample rows (the first num_prompts); the training rl_set itself: those rows are
-    # held out of training; None: the gold set of `data` restricted to `split`
+    rl_set: str | None = None  # RLSample rows (the first num_prompts); the training rl_set itself (the same file,
+    # however named): those rows' queries, every copy, are held out of training; None: the gold set of `data`
+    # restricted to `split`
     split: str = "test"
     num_prompts: int = Field(16, ge=1)
     samples: int = Field(4, ge=1)
@@ -188,6 +188,22 @@ def load_rl_set(path: str | None, data: DataConfig, window: int) -> list[RLSampl
     return gold_rl_samples(data.load(), window)
 
 
+def hold_out_queries(rows: list[RLSample], num_prompts: int) -> tuple[list[RLSample], list[RLSample]]:
+    """(evaluation rows, training rows): the first `num_prompts` rows are evaluated, and every row of their
+    queries is kept out of training — a query's shuffled copies never land on both sides of the cut."""
+    evaluation = rows[:num_prompts]
+    held = {r.qid for r in evaluation}
+    return evaluation, [r for r in rows if r.qid not in held]
+
+
+def results_fingerprint(cfg: GRPOConfig) -> dict[str, Any]:
+    """What the trained model and its evaluations depend on (not where the actors run, nor how often the
+    job checkpoints or evaluates)."""
+    return fingerprint.fingerprint(cfg, ignore=(
+        "checkpoint_every", "keep_checkpoints", "export", "weight_sync", "eval.every", "reference.placement",
+        "reference.offload", "learner.gradient_checkpointing", "learner.deepspeed.offload_*"))
+
+
 class GRPOTrainer:
     """The actors of one GRPO run and the loop that drives them."""
 
@@ -201,10 +217,10 @@ class GRPOTrainer:
 
         self.cfg = cfg
         a = cfg.algorithm
+        fingerprint.check_and_record(cfg.output_dir, "grpo", results_fingerprint(cfg))
         self.rl_set = load_rl_set(cfg.rl_set, cfg.data, cfg.window)
-        if cfg.eval.rl_set is not None and cfg.eval.rl_set == cfg.rl_set:  # a slice of the RL set, held out of training
-            self.eval_set = self.rl_set[: cfg.eval.num_prompts]
-            self.rl_set = self.rl_set[cfg.eval.num_prompts:]
+        if cfg.eval.rl_set is not None and cfg.rl_set is not None and storage.same_location(cfg.eval.rl_set, cfg.rl_set):
+            self.eval_set, self.rl_set = hold_out_queries(self.rl_set, cfg.eval.num_prompts)
         else:
             eval_data = cfg.data.model_copy(update={"split": cfg.eval.split})
             self.eval_set = load_rl_set(cfg.eval.rl_set, eval_data, cfg.window)[: cfg.eval.num_prompts]
@@ -274,7 +290,7 @@ class GRPOTrainer:
         samples = [self.rl_set[i] for i in self.sampler.next_indices(a.prompts_per_step)]
         params = SamplingParams(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                                 max_new_tokens=cfg.rollout.max_new_tokens, n=a.group_size,
-                                seed=cfg.seed * 1_000_003 + self.step * 1_000, logprobs=True)
+                                seed=step_seed(cfg.seed, self.step, a.prompts_per_step * a.group_size), logprobs=True)
         t0 = time.perf_counter()
         rollouts = self.rollouts.generate(samples, params, self.sync.version, self.sync.refresh)
         t1 = time.perf_counter()
@@ -283,8 +299,7 @@ class GRPOTrainer:
         t2 = time.perf_counter()
         ref_logprobs = ray.get(reference) if reference is not None else None
         t3 = time.perf_counter()
-        rewards = torch.tensor([r.reward for r in rollouts]).view(a.prompts_per_step, a.group_size)
-        advantages = ADVANTAGE_ESTIMATORS[a.advantage](rewards).flatten().tolist()
+        advantages = grouped_advantages(rollouts, a.group_size, len(samples), ADVANTAGE_ESTIMATORS[a.advantage])
         for r, adv in zip(rollouts, advantages):
             r.advantage = adv
         learner_stats = self.learners.train_step(rollouts, ref_logprobs)

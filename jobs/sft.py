@@ -34,7 +34,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from jobs.common import init_ray, main
 from jobs.sft_config import SFTConfig, SFTDataConfig
-from reasonrank import storage
+from reasonrank import fingerprint, storage
 from reasonrank.config import load_config
 from reasonrank.training.sft_loop import MicroBatch, TrainPlan, TrainState
 
@@ -51,6 +51,8 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    run_dir = storage.join(_absolute(cfg.storage.path), cfg.storage.name)
+    fingerprint.check_and_record(run_dir, "sft", results_fingerprint(cfg), moved_by="storage.name")
     _prepare_inputs(cfg)
     # Ray Train workers do not run in the driver's working directory: hand them absolute paths.
     cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": _absolute(cfg.model.path)}),
@@ -58,7 +60,6 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
     init_ray(cfg.ray_num_cpus)
     dataset, kept, pad_id = _tokenized_dataset(cfg)
     plan = _plan(cfg, kept)
-    run_dir = storage.join(_absolute(cfg.storage.path), cfg.storage.name)
     log.info("SFT: %d samples, %d workers, %d steps (%d per epoch); checkpoints in %s", kept,
              cfg.scaling.num_workers, plan.total_steps, plan.steps_per_epoch, run_dir)
     ingest = ray.train.DataConfig.default_ingest_options()
@@ -81,6 +82,14 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
     )
     result = trainer.fit()
     return _summary(cfg, plan, kept, run_dir, result)
+
+
+def results_fingerprint(cfg: SFTConfig) -> dict[str, Any]:
+    """What the checkpoints in the run folder depend on (not where they are kept, nor how often)."""
+    return fingerprint.fingerprint(cfg, ignore=(
+        "storage.*", "tracking.*", "build_tiny_model", "train.checkpoint_every", "train.keep_checkpoints",
+        "train.report_every", "scaling.resources_per_worker.*", "scaling.placement_strategy", "scaling.max_failures",
+        "data.tokenize_batch_rows", "model.gradient_checkpointing", "deepspeed.offload_*"))
 
 
 # --- inputs ------------------------------------------------------------------------------------------

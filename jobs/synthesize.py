@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
 from jobs.common import init_ray, main
-from reasonrank import storage
+from reasonrank import fingerprint, storage
 from reasonrank.config import ConfigError, DataConfig, EngineConfig, SamplingConfig, Strict, load_config
 from reasonrank.data.dataset import RetrievalDataset
 from reasonrank.data.tables import write_records
@@ -94,6 +94,7 @@ def run(config_path: str, overrides: dict[str, Any]) -> dict[str, Any]:
 
 
 def synthesize(cfg: SynthesizeConfig) -> dict[str, Any]:
+    fingerprint.check_and_record(cfg.output_dir, "synthesize", results_fingerprint(cfg))
     dataset = cfg.data.load()
     truncate = _truncator(cfg.teacher)
     requests = dataset.requests(cfg.list_size)
@@ -114,6 +115,15 @@ def synthesize(cfg: SynthesizeConfig) -> dict[str, Any]:
     errors = outstanding_errors(errors_store.rows(), labels)
     assembly = assemble(requests, items, labels, errors, ConsistencyFilter(cfg.alpha), truncate)
     return _report(cfg, items, labels, assembly, this_run, served, already=len(items) - len(todo))
+
+
+def results_fingerprint(cfg: SynthesizeConfig) -> dict[str, Any]:
+    """What the labels depend on. Not the filter's threshold (the filter runs anew over the labels every run),
+    nor the simulated teacher's latency and faults (retried, or relabelled by a rerun)."""
+    return fingerprint.fingerprint(cfg, ignore=(
+        "alpha", "labelers", "labeler_num_cpus", "batch_size", "teacher.simulation.latency_s",
+        "teacher.simulation.fault_*", "teacher.simulation.fail_first", "teacher.simulation.retry_after_s",
+        "teacher.simulation.hang_s"))
 
 
 def _truncator(teacher: TeacherConfig) -> PassageTruncator:

@@ -71,16 +71,51 @@ def put_file(local_path: str, path: str) -> None:
     fs.put_file(local_path, root)
 
 
+def location(path: str) -> str:
+    """Where `path` points, spelled one way: an absolute, link-free local path, or the full URI."""
+    fs, root = filesystem(path)
+    if is_local(path):
+        import os
+
+        return os.path.realpath(root)
+    return fs.unstrip_protocol(root)
+
+
+def same_location(a: str, b: str) -> bool:
+    """Whether `a` and `b` name the same file or folder (`data/rl.parquet`, `./data/../data/rl.parquet`, …)."""
+    return location(a) == location(b)
+
+
 def is_local(path: str) -> bool:
     fs, _ = filesystem(path)
     protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
     return "file" in protocols or "local" in protocols
 
 
+# What says an object changed, by filesystem: s3 (ETag), gcs (generation, md5), azure (etag), others' times.
+_VERSION_KEYS = ("ETag", "etag", "generation", "md5Hash", "version_id", "VersionId", "mtime", "LastModified",
+                 "last_modified", "updated", "created")
+
+
+def version(path: str) -> str:
+    """A digest of the version of every file under the folder `path` (name, size, ETag or modification time),
+    which changes when anything there is written again."""
+    import hashlib
+
+    fs, root = filesystem(path)
+    found = fs.find(root, detail=True)
+    parts = []
+    for name, info in sorted(found.items()):
+        stamp = next((str(info[k]) for k in _VERSION_KEYS if info.get(k) is not None), "")
+        parts.append(f"{name.removeprefix(root)}\t{info.get('size')}\t{stamp}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
 def local_dir(path: str, cache_dir: str | None = None) -> str:
     """A local folder holding what the folder `path` holds: `path` itself when local; otherwise a copy fetched
-    once into `cache_dir` (default ~/.cache/reasonrank/fetched), keyed by the URI, and reused after.
-    For model folders exported to object storage that transformers and vLLM must read from disk."""
+    into `cache_dir` (default ~/.cache/reasonrank/fetched), keyed by the URI and the version of its files
+    (ETag / modification time and size), and reused while they stay the same: a model exported again to the
+    same URI is fetched again. For model folders in object storage that transformers and vLLM read from disk."""
     import hashlib
     import os
     import shutil
@@ -89,7 +124,7 @@ def local_dir(path: str, cache_dir: str | None = None) -> str:
     if is_local(path):
         return path
     cache = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "reasonrank", "fetched")
-    target = os.path.join(cache, hashlib.sha256(path.encode()).hexdigest()[:16])
+    target = os.path.join(cache, hashlib.sha256(f"{path}\n{version(path)}".encode()).hexdigest()[:16])
     if os.path.isdir(target):
         return target
     os.makedirs(cache, exist_ok=True)

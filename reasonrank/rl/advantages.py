@@ -6,7 +6,9 @@ broadcasts a response's advantage to all of its tokens.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -51,3 +53,32 @@ ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {
     "dr_grpo": dr_grpo_advantages,
     "rloo": rloo_advantages,
 }
+
+
+def grouped_advantages(rollouts: Sequence[Any], group_size: int, groups: int,
+                       estimator: AdvantageEstimator) -> list[float]:
+    """The advantage of each rollout (in the order given), computed among the rollouts that share its
+    `group` key — not among its neighbours in the list. Every group must hold `group_size` responses to one
+    prompt (`sample_id`), with indices 0 … G-1, and there must be `groups` of them: anything else (a lost,
+    doubled or misfiled rollout) raises instead of mixing one prompt's baseline into another's."""
+    members: dict[int, list[int]] = defaultdict(list)
+    for i, r in enumerate(rollouts):
+        members[r.group].append(i)
+    problems = []
+    if len(members) != groups:
+        problems.append(f"{len(members)} groups, expected {groups}")
+    for g, ix in sorted(members.items()):
+        if sorted(rollouts[i].index for i in ix) != list(range(group_size)):
+            problems.append(f"group {g} holds responses {sorted(rollouts[i].index for i in ix)}, "
+                            f"expected 0…{group_size - 1}")
+        if len({rollouts[i].sample_id for i in ix}) != 1:
+            problems.append(f"group {g} mixes prompts {sorted({rollouts[i].sample_id for i in ix})}")
+    if problems:
+        raise ValueError("rollouts do not form the step's groups: " + "; ".join(problems[:5]))
+    order = sorted(members)
+    rewards = torch.tensor([[rollouts[i].reward for i in members[g]] for g in order], dtype=torch.float32)
+    out = [0.0] * len(rollouts)
+    for g, row in zip(order, estimator(rewards).tolist()):
+        for i, advantage in zip(members[g], row):
+            out[i] = advantage
+    return out

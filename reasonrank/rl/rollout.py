@@ -17,3 +17,8 @@ class Rollout:
     reward: float = 0.0
     reward_terms: dict[str, float | str] = field(default_factory=dict)  # ndcg, recall, rbo, outcome
     advantage: float = 0.0
+    index: int = 0  # which of its group's responses this is (0 … G-1): with `group`, its key in the step
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return self.group, self.index

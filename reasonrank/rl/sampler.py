@@ -45,3 +45,10 @@ class PromptSampler:
             raise ValueError(f"the checkpoint's data cursor is for {state['num_rows']} rows with seed {state['seed']}, "
                              f"this run has {self.num_rows} rows with seed {self.seed}: not the same RL set")
         self.epoch, self.position = state["epoch"], state["position"]
+
+
+def step_seed(run_seed: int, step: int, rollouts_per_step: int) -> int:
+    """The first sampling seed of `step`; its rollouts take this seed + 0 … rollouts_per_step - 1, so steps
+    are spaced by at least the rollouts of a step and never share a seed. (Spacing 1000 when a step has
+    fewer rollouts, as runs made before the spacing followed the step size had it: they reproduce.)"""
+    return run_seed * 1_000_003 + step * max(1_000, rollouts_per_step)

@@ -1,0 +1,117 @@
+"""Every stage records what its results depend on, and a rerun into the same folder with a different config
+is refused before any work; the same config resumes."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from reasonrank import fingerprint, storage
+from reasonrank.config import load_config
+from reasonrank.fingerprint import FingerprintMismatch
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "configs"
+
+
+def test_fingerprint_keeps_what_determines_results_and_drops_where_it_runs():
+    from jobs.evaluate import EvaluateConfig, results_fingerprint
+
+    cfg = load_config(CONFIGS / "evaluate-tiny.yaml", EvaluateConfig)
+    keys = results_fingerprint(cfg)
+    for key in ("engine.model", "engine.backend", "data.source", "strategy.name", "strategy.window_size",
+                "strategy.passage_max_tokens", "sampling.temperature", "sampling.seed", "engine.seed"):
+        assert key in keys, key
+    for key in ("output_dir", "replicas", "ray_num_cpus", "num_cpus_per_replica", "engine.max_concurrency",
+                "engine.gpu_memory_utilization", "baseline_run"):
+        assert key not in keys, key
+    moved = cfg.model_copy(update={"output_dir": "elsewhere", "replicas": 7, "ray_num_cpus": 64})
+    assert results_fingerprint(moved) == keys
+
+
+def test_mismatch_names_each_changed_key_and_the_ways_out(tmp_path):
+    folder = str(tmp_path / "run")
+    assert fingerprint.check_and_record(folder, "evaluate", {"a": 1, "b.c": "x"}) is False
+    assert fingerprint.check_and_record(folder, "evaluate", {"a": 1, "b.c": "x"}) is True
+    with pytest.raises(FingerprintMismatch) as refused:
+        fingerprint.check_and_record(folder, "evaluate", {"a": 2, "b.c": "x", "d": True})
+    message = str(refused.value)
+    assert "a: 1 → 2" in message and "d: unset → true" in message and "b.c" not in message
+    assert "--set output_dir=" in message and f"delete {folder}" in message
+    with pytest.raises(FingerprintMismatch, match="output of a evaluate run, not grpo"):
+        fingerprint.check_and_record(folder, "grpo", {"a": 1, "b.c": "x"})
+
+
+def test_evaluate_resumes_its_own_run_and_refuses_another(demo_data, tmp_path):
+    from jobs.evaluate import EvaluateConfig, evaluate, results_fingerprint
+
+    cfg = load_config(CONFIGS / "evaluate-tiny.yaml", EvaluateConfig, {
+        "data.demo_dir": str(demo_data.root), "data.limit": 3, "build_tiny_model": False,
+        "output_dir": str(tmp_path / "eval")})
+    requests = cfg.data.load().requests(cfg.data.first_stage_depth)
+    # a run that reranked every query (each list reversed) before it was stopped
+    fingerprint.check_and_record(cfg.output_dir, "evaluate", results_fingerprint(cfg))
+    storage.write_jsonl_atomic(str(tmp_path / "eval" / "parts" / "part-00000.jsonl"), [
+        {"qid": r.query.qid, "docids": [c.docid for c in r.candidates][::-1], "windows": []} for r in requests])
+
+    other = load_config(CONFIGS / "evaluate-tiny.yaml", EvaluateConfig, {
+        "data.demo_dir": str(demo_data.root), "data.limit": 3, "build_tiny_model": False,
+        "output_dir": str(tmp_path / "eval"), "engine.model": "outputs/another-model", "strategy.window_size": 6})
+    with pytest.raises(FingerprintMismatch) as refused:
+        evaluate(other)
+    assert "engine.model" in str(refused.value) and "strategy.window_size: 10 → 6" in str(refused.value)
+    assert not (tmp_path / "eval" / "run.trec").exists()  # refused before any work
+
+    summary = evaluate(cfg.model_copy(update={"replicas": 3}))  # the same run: resumed, nothing left to rerank
+    assert summary["queries"] == 3
+    run = (tmp_path / "eval" / "run.trec").read_text().split("\n")
+    first = requests[0]
+    assert run[0].split()[2] == first.candidates[-1].docid  # the parts' rankings, not a new reranking
+
+
+def test_grpo_refuses_to_resume_another_run_before_starting_actors(demo_data, tiny_model_dir, tmp_path):
+    from jobs.grpo import GRPOConfig, GRPOTrainer, results_fingerprint
+
+    base = {"model": str(tiny_model_dir), "data.demo_dir": str(demo_data.root), "output_dir": str(tmp_path / "grpo")}
+    cfg = load_config(CONFIGS / "grpo-tiny.yaml", GRPOConfig, base)
+    fingerprint.check_and_record(cfg.output_dir, "grpo", results_fingerprint(cfg))
+    assert results_fingerprint(load_config(CONFIGS / "grpo-tiny.yaml", GRPOConfig, {
+        **base, "rollout.replicas": 3, "checkpoint_every": 1, "eval.every": 2})) == results_fingerprint(cfg)
+    other = load_config(CONFIGS / "grpo-tiny.yaml", GRPOConfig, {**base, "seed": 5, "rollout.temperature": 0.7})
+    with pytest.raises(FingerprintMismatch) as refused:
+        GRPOTrainer(other)  # no Ray started: this test has no cluster fixture
+    assert "seed: 0 → 5" in str(refused.value) and "rollout.temperature" in str(refused.value)
+    assert sorted(p.name for p in (tmp_path / "grpo").iterdir()) == ["fingerprint.json"]
+
+
+def test_sft_refuses_a_run_folder_trained_with_another_config(tiny_model_dir, tmp_path):
+    from jobs.sft import results_fingerprint, train
+    from jobs.sft_config import SFTConfig
+
+    base = {"model.path": str(tiny_model_dir), "data.path": str(tmp_path / "sft.parquet"), "data.demo": None,
+            "storage.path": str(tmp_path / "ckpt"), "output_dir": str(tmp_path / "sft")}
+    cfg = load_config(CONFIGS / "sft-tiny.yaml", SFTConfig, base)
+    run_dir = str(tmp_path / "ckpt" / cfg.storage.name)
+    fingerprint.check_and_record(run_dir, "sft", results_fingerprint(cfg))
+    other = load_config(CONFIGS / "sft-tiny.yaml", SFTConfig, {**base, "optimizer.lr": 1.0e-3})
+    with pytest.raises(FingerprintMismatch) as refused:
+        train(other)
+    assert "optimizer.lr" in str(refused.value) and "--set storage.name=" in str(refused.value)
+    assert not (tmp_path / "sft").exists()
+
+
+def test_synthesize_refuses_labels_of_another_teacher(demo_data, tmp_path):
+    from jobs.synthesize import SynthesizeConfig, results_fingerprint, synthesize
+
+    base = {"data.demo_dir": str(demo_data.root), "output_dir": str(tmp_path / "synth")}
+    cfg = load_config(CONFIGS / "synthesize-demo.yaml", SynthesizeConfig, base)
+    fingerprint.check_and_record(cfg.output_dir, "synthesize", results_fingerprint(cfg))
+    retry_differently = load_config(CONFIGS / "synthesize-demo.yaml", SynthesizeConfig, {
+        **base, "alpha": 0.9, "labelers": 5, "teacher.engine.max_retries": 9, "teacher.simulation.fault_rate": 0.3})
+    assert results_fingerprint(retry_differently) == results_fingerprint(cfg)
+    other = load_config(CONFIGS / "synthesize-demo.yaml", SynthesizeConfig, {**base, "teacher.simulation.noise": 0.4})
+    with pytest.raises(FingerprintMismatch, match="teacher.simulation.noise"):
+        synthesize(other)
+    assert json.loads((tmp_path / "synth" / "fingerprint.json").read_text())["stage"] == "synthesize"
+    assert sorted(p.name for p in (tmp_path / "synth").iterdir()) == ["fingerprint.json"]
