@@ -1,12 +1,16 @@
 """Generation engines as Ray actors, and a pool of them that is itself an `Engine`.
 
-`EnginePool` splits each batch into contiguous, balanced chunks, one per replica, runs them concurrently
-and concatenates the results, so the output order (prompt-major, n samples per prompt) is the same as one
-engine's. Anything written against `Engine` (`rerank`, the labeler, rollouts) takes a pool unchanged.
-The tokenizer is loaded locally, so passage truncation needs no round trip to an actor.
+Each replica is an async actor keeping many prompts in flight on its engine (which batches them
+continuously). `EnginePool.agenerate` deals each prompt to the replica with the fewest prompts in flight
+at that moment, so a replica that drew long generations gets fewer new ones; cancelling the caller cancels
+the prompt on its replica. `generate` (the synchronous batch) deals a batch's prompts the same way and
+returns them in batch order, each seeded as one engine would seed it. Anything written against `Engine`
+(the strategy driver, the labeler, rollouts) takes a pool unchanged. The tokenizer is loaded locally, so
+passage truncation needs no round trip to an actor.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,12 +21,9 @@ from ray.exceptions import RayError
 
 from reasonrank.config import EngineConfig
 from reasonrank.engines import Engine, Generation, Messages, SamplingParams, build_engine, load_tokenizer
+from reasonrank.engines.base import EngineInputError
 
 log = logging.getLogger(__name__)
-
-# The actor process is the engine's own: vLLM's engine core runs in it rather than in two more processes
-# (engine core + worker), which starts faster, shuts down in a moment and leaves no shared memory behind.
-IN_PROCESS_VLLM = {"env_vars": {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}}
 
 
 class EngineReplicaError(RuntimeError):
@@ -30,40 +31,37 @@ class EngineReplicaError(RuntimeError):
 
 
 class EngineActor:
-    """One engine in its own Ray worker process; Ray-wrapped by `EnginePool` with its resources."""
+    """One engine in its own Ray worker process; Ray-wrapped by `EnginePool` with its resources.
+
+    An async actor: its event loop awaits many prompts at once. What blocks (a batch call, a weight load,
+    shutting down) runs in a thread, so the loop keeps serving the prompts in flight meanwhile."""
 
     def __init__(self, config: EngineConfig):
         self.engine = build_engine(config)
 
-    def ready(self) -> bool:
+    async def ready(self) -> bool:
         return True
 
-    def generate(self, batch: list[Messages], params: SamplingParams) -> list[Generation]:
-        return self.engine.generate(batch, params)
+    async def agenerate(self, messages: Messages, params: SamplingParams) -> list[Generation]:
+        return await self.engine.agenerate(messages, params)
 
-    def update_weights(self, weights: Mapping[str, Any] | str, version: int) -> None:
-        self.engine.update_weights(weights, version)
+    async def generate(self, batch: list[Messages], params: SamplingParams) -> list[Generation]:
+        return await asyncio.to_thread(self.engine.generate, batch, params)
 
-    def init_broadcast_group(self, master_address: str, master_port: int, rank_offset: int,
-                             world_size: int) -> None:
-        self.engine.init_broadcast_group(master_address, master_port, rank_offset, world_size)
+    async def update_weights(self, weights: Mapping[str, Any] | str, version: int) -> None:
+        await asyncio.to_thread(self.engine.update_weights, weights, version)
 
-    def update_weights_from_broadcast(self, specs: list[tuple[str, str, tuple[int, ...]]], version: int) -> None:
-        self.engine.update_weights_from_broadcast(specs, version)
+    async def init_broadcast_group(self, master_address: str, master_port: int, rank_offset: int,
+                                   world_size: int) -> None:
+        await asyncio.to_thread(self.engine.init_broadcast_group, master_address, master_port, rank_offset,
+                                world_size)
 
-    def close(self) -> None:
-        self.engine.close()
+    async def update_weights_from_broadcast(self, specs: list[tuple[str, str, tuple[int, ...]]],
+                                            version: int) -> None:
+        await asyncio.to_thread(self.engine.update_weights_from_broadcast, specs, version)
 
-
-def balanced_spans(n: int, parts: int) -> list[tuple[int, int]]:
-    """`parts` contiguous (start, end) spans covering range(n), sizes differing by at most one."""
-    base, extra = divmod(n, parts)
-    spans, start = [], 0
-    for i in range(parts):
-        end = start + base + (i < extra)
-        spans.append((start, end))
-        start = end
-    return spans
+    async def close(self) -> None:
+        await asyncio.to_thread(self.engine.close)
 
 
 class EnginePool(Engine):
@@ -74,10 +72,11 @@ class EnginePool(Engine):
         if replicas < 1:
             raise ValueError(f"an engine pool needs at least one replica, got {replicas}")
         remote_actor = ray.remote(EngineActor)
-        options = dict(num_cpus=num_cpus_per_replica, num_gpus=num_gpus_per_replica, runtime_env=IN_PROCESS_VLLM)
+        options = dict(num_cpus=num_cpus_per_replica, num_gpus=num_gpus_per_replica)
         self.actors = [remote_actor.options(**options).remote(config) for _ in range(replicas)]
         self.config = config
         self.weights_version = 0
+        self._in_flight = [0] * replicas
         try:
             self._gather("start", [(i, actor.ready.remote()) for i, actor in enumerate(self.actors)])
         except EngineReplicaError:
@@ -89,11 +88,27 @@ class EnginePool(Engine):
     def tokenizer(self) -> Any | None:
         return self._tokenizer
 
-    def generate(self, batch: list[Messages], params: SamplingParams) -> list[Generation]:
-        calls = [(replica, self.actors[replica].generate.remote(batch[start:end], params.from_prompt(start)))
-                 for replica, (start, end) in enumerate(balanced_spans(len(batch), len(self.actors)))
-                 if end > start]
-        return [gen for chunk in self._gather("generate", calls) for gen in chunk]
+    def windows_in_flight(self) -> int:
+        return sum(self._in_flight)
+
+    async def agenerate(self, messages: Messages, params: SamplingParams) -> list[Generation]:
+        replica = min(range(len(self.actors)), key=self._in_flight.__getitem__)
+        self._in_flight[replica] += 1
+        ref = self.actors[replica].agenerate.remote(messages, params)
+        try:
+            generations = await ref
+        except asyncio.CancelledError:
+            ray.cancel(ref)  # the replica's coroutine is cancelled: its engine aborts the prompt
+            raise
+        except EngineInputError:  # Ray re-raises it as a subclass of the cause: the prompt's fault, not the replica's
+            raise
+        except RayError as e:
+            raise self._replica_error(replica, "generate", e) from e
+        finally:
+            self._in_flight[replica] -= 1
+        for generation in generations:
+            generation.extra["replica"] = replica
+        return generations
 
     def update_weights(self, weights: Mapping[str, Any] | str | Path, version: int) -> None:
         """Push the same weights to every replica (the state dict goes through the object store once)."""
@@ -102,6 +117,10 @@ class EnginePool(Engine):
                                         for i, actor in enumerate(self.actors)])
         self.weights_version = version
 
+    def _replica_error(self, replica: int, what: str, error: Exception) -> EngineReplicaError:
+        return EngineReplicaError(f"engine replica {replica} of {len(self.actors)} "
+                                  f"({self.config.backend}, {self.config.model}) failed to {what}: {error}")
+
     def _gather(self, what: str, calls: list[tuple[int, ray.ObjectRef]]) -> list[Any]:
         """Results in call order; the first failure is raised naming its replica."""
         results = []
@@ -109,8 +128,7 @@ class EnginePool(Engine):
             try:
                 results.append(ray.get(ref))
             except RayError as e:
-                raise EngineReplicaError(f"engine replica {replica} of {len(self.actors)} "
-                                         f"({self.config.backend}, {self.config.model}) failed to {what}: {e}") from e
+                raise self._replica_error(replica, what, e) from e
         return results
 
     def close(self) -> None:

@@ -12,6 +12,7 @@ the shard. The step completes with every rollout sampled by the current weights.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -49,10 +50,10 @@ class RolloutWorker(EngineActor):
         """Engine worker processes (tensor-parallel ranks): this engine's share of an NCCL weight group."""
         return self.engine.config.tensor_parallel_size
 
-    def rollouts(self, samples: list[RLSample], groups: list[int], params: SamplingParams) -> list[Rollout]:
+    async def rollouts(self, samples: list[RLSample], groups: list[int], params: SamplingParams) -> list[Rollout]:
         """`params.n` rollouts per sample, prompt-major; `groups[i]` is sample i's index within the step."""
         prompts = [s.messages(self.truncate) for s in samples]
-        generations = self.engine.generate(prompts, params)
+        generations = await asyncio.to_thread(self.engine.generate, prompts, params)
         prompt_ids = [self.tokenizer(render(self.tokenizer, m), add_special_tokens=False)["input_ids"] for m in prompts]
         out = []
         for k, gen in enumerate(generations):

@@ -48,6 +48,7 @@ class WindowLog:
     well_formed: bool
     finish_reason: str = ""
     response: str = ""
+    in_flight: int = 1  # windows the engine had in flight when this one was submitted, itself included
 
 
 @dataclass

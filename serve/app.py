@@ -6,13 +6,17 @@
     GET  /v1/models   the served model                                the engine answers
 
 Each replica loads the model once (in its constructor; Serve routes to it only after). Every request drives
-its own strategy (serve.ranking) and awaits its windows from a `WindowBatcher` (serve.batcher): the windows
-of all requests in flight go to the engine together, one engine call at a time.
+its own strategy (serve.ranking, through the one strategy driver) and submits each window to the engine
+the moment it is ready; the engine batches the windows of all requests in flight continuously (vLLM's async
+engine), so no window waits for another request's. At most `max_windows_in_flight` windows are submitted
+at once; the rest wait their turn.
 
-Faults: a request past its deadline gets 504 (its pending windows are dropped from the batch queue). When
-the engine raises on a batch, each window is retried alone, so only the requests whose windows fail get
-503; the replica is then suspect until the engine answers a one-token probe (from /health or Serve's
-health check). A replica whose engine fails the probe is reported unhealthy and Serve replaces it.
+Faults: a request past its deadline gets 504, and one whose client went away is cancelled; either way its
+in-flight window is aborted in the engine. A prompt the engine refuses for what it is (too long for its
+context) is the client's input: 400, and the engine stays healthy. When the engine itself raises on a
+window, only that request gets 503; the replica is then suspect until the engine answers a one-token probe
+(from /health or Serve's health check). A replica whose engine fails the probe is reported unhealthy and
+Serve replaces it. /health never waits behind ranking work.
 
 Start it with `reasonrank serve --config configs/serve-tiny.yaml`, `serve run serve.app:build_app
 config=configs/serve-tiny.yaml`, or a RayService with `import_path: serve.app:build_app`.
@@ -21,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -36,16 +39,15 @@ from ray.serve import Application
 
 from reasonrank.config import ConfigError, StrategyConfig, load_config
 from reasonrank.engines import build_engine
-from reasonrank.engines.base import Generation, Messages, SamplingParams
+from reasonrank.engines.base import EngineInputError, Generation, Messages, SamplingParams
 from reasonrank.prompt import PassageTruncator
-from reasonrank.strategies import EngineCall
+from reasonrank.strategies import EngineCall, engine_windows
 from serve.auth import BearerAuth
-from serve.batcher import WindowBatcher
 from serve.body import parse_request
 from serve.config import ServeConfig
 from serve.errors import ServeError
 from serve.metrics import RerankMetrics
-from serve.ranking import BatchedGeneration, DocumentRanking, rank_documents
+from serve.ranking import DocumentRanking, rank_documents
 from serve.responses import cohere_response, jina_response, native_response
 from serve.schema import CohereV1Request, CohereV2Request, JinaRequest, NativeRequest
 
@@ -64,7 +66,7 @@ async def _serve_error(_: Request, error: ServeError) -> JSONResponse:
 
 
 class EngineFailure(RuntimeError):
-    """The engine raised while generating a batch of windows."""
+    """The engine raised while generating a window."""
 
 
 @serve.deployment(name="Reranker")
@@ -75,42 +77,27 @@ class Reranker:
         self.auth = BearerAuth.from_env(self.config.auth_token_env)  # before the model: fail fast
         self.params = self.config.sampling.params()
         self.metrics = RerankMetrics()
-        self.batcher = WindowBatcher(self.generate_windows, self.config.batching.max_batch_size,
-                                     self.config.batching.batch_wait_timeout_s)
-        self._engine_lock = threading.Lock()  # one engine call at a time: batches and health probes
         self._engine_failure: str | None = None
         started = time.perf_counter()
         self.engine = build_engine(self.config.engine)
+        slots = asyncio.Semaphore(self.config.max_windows_in_flight)
+        self._windows = engine_windows(self.engine, self.params, slots)
         logger.info("reranker %r loaded (%s backend, %s) in %.1f s; auth %s", self.config.model_name,
                     self.config.engine.backend, self.config.engine.model, time.perf_counter() - started,
                     "on" if self.auth.enabled else "off")
 
     # ---- the engine side ---------------------------------------------------------------------------
 
-    def _generate(self, batch: list[Messages], params: SamplingParams) -> list[Generation]:
-        with self._engine_lock:
-            return self.engine.generate(batch, params)
-
-    async def generate_windows(self, calls: list[EngineCall]) -> list[BatchedGeneration | EngineFailure]:
-        """One engine call for the windows of every request in flight. If it fails, each window is retried
-        alone, so one window the engine rejects fails only its own request (a dead engine fails them all,
-        fast)."""
+    async def window(self, call: EngineCall) -> Generation:
+        """A request's window, generated alongside the windows of every other request in flight."""
         try:
-            generations = await asyncio.to_thread(self._generate, [c.messages for c in calls], self.params)
+            generation = await self._windows(call)
+        except EngineInputError as e:
+            raise ServeError(400, f"the model cannot take this request: {e}") from None
         except Exception as e:
-            if len(calls) == 1:
-                return [self._failed(e)]
-            return [(await self.generate_window_alone(call)) for call in calls]
-        self.metrics.record_engine_call(len(calls))
+            raise self._failed(e) from None
         self._engine_failure = None
-        return [BatchedGeneration(g, len(calls)) for g in generations]
-
-    async def generate_window_alone(self, call: EngineCall) -> BatchedGeneration | EngineFailure:
-        try:
-            (generation,) = await asyncio.to_thread(self._generate, [call.messages], self.params)
-        except Exception as e:
-            return self._failed(e)
-        return BatchedGeneration(generation, 1)
+        return generation
 
     def _failed(self, error: Exception) -> EngineFailure:
         """Whatever the engine raised becomes a 503 for the request, and makes the replica suspect."""
@@ -118,19 +105,13 @@ class Reranker:
         logger.error("engine failed on a window: %s", self._engine_failure)
         return EngineFailure(self._engine_failure)
 
-    async def window(self, call: EngineCall) -> BatchedGeneration:
-        """A request's window, generated in an engine call shared with the other requests in flight."""
-        output = await self.batcher.submit(call)
-        if isinstance(output, EngineFailure):
-            raise output
-        return output
-
     async def engine_alive(self) -> bool:
         """True unless the engine failed since it last answered; then it must answer a one-token probe."""
         if self._engine_failure is None:
             return True
         try:
-            await asyncio.to_thread(self._generate, [_PROBE], SamplingParams(max_new_tokens=1))
+            await asyncio.wait_for(self.engine.agenerate(_PROBE, SamplingParams(max_new_tokens=1)),
+                                   self.config.deployment.health_check_timeout_s)
         except Exception as e:
             self._engine_failure = f"{type(e).__name__}: {e}"
             return False
@@ -156,7 +137,8 @@ class Reranker:
         if not await self.engine_alive():
             return JSONResponse({"status": "unavailable", "message": f"engine failed: {self._engine_failure}"},
                                 status_code=503)
-        return JSONResponse({"status": "ready", "model": self.config.model_name})
+        return JSONResponse({"status": "ready", "model": self.config.model_name,
+                             "windows_in_flight": self.engine.windows_in_flight()})
 
     @api.get("/v1/models")
     async def models(self, request: Request) -> JSONResponse:
@@ -211,6 +193,9 @@ class Reranker:
         except ServeError as error:
             status = error.status
             return error.response()
+        except asyncio.CancelledError:  # the client went away: the window in flight is aborted on the way out
+            status = 499
+            raise
         finally:
             elapsed = time.perf_counter() - started
             self.metrics.record_request(api_name, status, elapsed)

@@ -70,13 +70,6 @@ class DeploymentOptions(Strict):
         }
 
 
-class Batching(Strict):
-    """How windows of concurrent requests are grouped into one engine call (serve.batcher)."""
-
-    max_batch_size: int = Field(64, ge=1)  # windows per engine call
-    batch_wait_timeout_s: float = Field(0.01, ge=0)  # how long a window at an idle engine waits for company
-
-
 class Limits(Strict):
     max_documents: int = Field(1000, ge=1)
     max_body_bytes: int = Field(8 * 2**20, ge=1024)
@@ -88,7 +81,9 @@ class ServeConfig(Strict):
     engine: EngineConfig = EngineConfig()
     strategy: StrategyConfig = StrategyConfig()
     sampling: SamplingConfig = SamplingConfig()
-    batching: Batching = Batching()
+    # Windows (of all requests) one replica submits to its engine at once; the engine batches them
+    # continuously. More wait for a slot. vLLM schedules up to its own max_num_seqs of them per step.
+    max_windows_in_flight: int = Field(256, ge=1)
     limits: Limits = Limits()
     deployment: DeploymentOptions = DeploymentOptions()
     # Name of the environment variable holding the bearer token (set from a Kubernetes Secret);

@@ -1,7 +1,8 @@
 """Prometheus metrics of the reranker, exported through Ray Serve (Ray's metrics endpoint, `ray_` prefix).
 
 Ray Serve adds its own (HTTP latency per route, ongoing requests); these add what only the reranker knows:
-latency by API and status, windows per request, windows per engine call, malformed model outputs, tokens.
+latency by API and status, windows per request, windows in flight on the engine, malformed model outputs,
+tokens.
 Serve tags every series with the deployment, replica and application. Create inside the replica.
 """
 from __future__ import annotations
@@ -22,9 +23,9 @@ class RerankMetrics:
                                  boundaries=_LATENCY_BUCKETS_S, tag_keys=("api", "status"))
         self.windows = Histogram("reasonrank_windows_per_request", "Engine windows one request needed.",
                                  boundaries=_WINDOW_BUCKETS, tag_keys=("api",))
-        self.batch_windows = Histogram("reasonrank_engine_batch_windows",
-                                       "Windows (from all requests in flight) per engine call.",
-                                       boundaries=_WINDOW_BUCKETS)
+        self.in_flight = Histogram("reasonrank_engine_windows_in_flight",
+                                   "Windows (of all requests) the engine was generating when a window was "
+                                   "submitted, that window included.", boundaries=_WINDOW_BUCKETS)
         self.malformed = Counter("reasonrank_malformed_outputs",
                                  "Windows whose model output was not a well-formed ranking (repaired by the "
                                  "parser into a complete one).", tag_keys=("api",))
@@ -37,12 +38,11 @@ class RerankMetrics:
         self.requests.inc(tags=tags)
         self.latency.observe(latency_s, tags=tags)
 
-    def record_engine_call(self, windows: int) -> None:
-        self.batch_windows.observe(windows)
-
     def record_ranking(self, api: str, ranking: DocumentRanking) -> None:
         tags = {"api": api}
         self.windows.observe(len(ranking.windows), tags=tags)
+        for window in ranking.windows:
+            self.in_flight.observe(window.in_flight)
         if ranking.malformed_windows:
             self.malformed.inc(ranking.malformed_windows, tags=tags)
         if ranking.prompt_tokens:

@@ -7,7 +7,8 @@ model placed a document, not a calibrated probability.
 from __future__ import annotations
 
 from reasonrank.config import StrategyConfig
-from serve.ranking import DocumentRanking, relevance_score
+from reasonrank.parsing import extract_answer
+from serve.ranking import DocumentRanking, relevance_score, window_reasoning
 from serve.schema import (ApiVersion, CohereMeta, CohereResponse, CompatibleRequest, JinaResponse, JinaUsage,
                           NativeRequest, NativeResponse, NativeUsage, RankedDocument, RerankResult, TokenUsage,
                           WindowReport)
@@ -39,13 +40,13 @@ def native_response(request_id: str, model: str, body: NativeRequest, strategy: 
     ranked = [RankedDocument(rank=rank + 1, index=i, id=ids[i], relevance_score=relevance_score(rank),
                              text=body.documents[i].text if body.return_documents else None)
               for rank, i in enumerate(ranking.order)]
-    windows = [WindowReport(start=w.call.start, end=w.call.end, well_formed=w.well_formed,
-                            finish_reason=w.generation.finish_reason, prompt_tokens=w.generation.prompt_tokens,
-                            completion_tokens=w.generation.completion_tokens, latency_s=w.generation.latency_s,
-                            batch_size=w.batch_size,
-                            reasoning=w.reasoning if body.return_reasoning else None,
-                            answer=w.answer if body.return_reasoning else None,
-                            response=w.generation.text if body.return_reasoning else None)
+    reasons = body.return_reasoning
+    windows = [WindowReport(start=w.start, end=w.end, well_formed=w.well_formed, finish_reason=w.finish_reason,
+                            prompt_tokens=w.prompt_tokens, completion_tokens=w.completion_tokens,
+                            latency_s=w.latency_s, in_flight=w.in_flight,
+                            reasoning=window_reasoning(w.response) if reasons else None,
+                            answer=extract_answer(w.response) if reasons else None,
+                            response=w.response if reasons else None)
                for w in ranking.windows]
     usage = NativeUsage(prompt_tokens=ranking.prompt_tokens, completion_tokens=ranking.completion_tokens,
                         windows=len(ranking.windows), malformed_windows=ranking.malformed_windows)

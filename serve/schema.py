@@ -188,7 +188,7 @@ class WindowReport(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     latency_s: float
-    batch_size: int  # windows in the engine call that served this one (from all concurrent requests)
+    in_flight: int  # windows the engine was generating (all requests') when this one was submitted, itself included
     reasoning: str | None = None  # these three only when the request asks for return_reasoning
     answer: str | None = None
     response: str | None = None  # the model's whole output for the window, as generated

@@ -10,9 +10,10 @@ import psutil
 import pytest
 import ray
 
-from actors.engine_pool import EnginePool, EngineReplicaError, balanced_spans
+from actors.engine_pool import EnginePool, EngineReplicaError
 from reasonrank.config import EngineConfig
 from reasonrank.engines import SamplingParams
+from reasonrank.engines.base import EngineInputError
 from reasonrank.prompt import listwise_messages
 from reasonrank.strategies import SlidingWindow, rerank, window_spans
 
@@ -49,21 +50,10 @@ def pool(ray_cluster, tiny_model_dir):
     pool.close()
 
 
-def test_balanced_spans_cover_the_batch_in_order():
-    assert balanced_spans(5, 2) == [(0, 3), (3, 5)]
-    assert balanced_spans(1, 3) == [(0, 1), (1, 1), (1, 1)]
-    for n in range(12):
-        for parts in range(1, 5):
-            spans = balanced_spans(n, parts)
-            assert [i for s, e in spans for i in range(s, e)] == list(range(n))
-            sizes = [e - s for s, e in spans]
-            assert max(sizes) - min(sizes) <= 1
-
-
 @pytest.mark.slow
 def test_pool_returns_what_one_engine_returns_in_order(pool):
     batch = _batch(5)
-    split = pool.generate(batch, GREEDY)  # 3 prompts to replica 0, 2 to replica 1
+    split = pool.generate(batch, GREEDY)  # prompts dealt to the least-loaded replica: 0, 1, 0, 1, 0
     whole = ray.get(pool.actors[1].generate.remote(batch, GREEDY))  # the same batch on one engine
     _assert_same(split, whole)
     assert len({g.prompt_tokens for g in split}) == 4  # the prompts differ, so order is checked
@@ -74,7 +64,7 @@ def test_pool_returns_what_one_engine_returns_in_order(pool):
 def test_a_seeded_batch_split_over_replicas_samples_what_one_engine_samples(pool):
     batch = _batch(3)
     params = SamplingParams(temperature=1.0, max_new_tokens=4, n=2, seed=3)
-    gens = pool.generate(batch, params)  # prompts 0-1 on replica 0, prompt 2 on replica 1: seeds go on from 0-1
+    gens = pool.generate(batch, params)  # prompts 0 and 2 on replica 0, prompt 1 on replica 1: each seeded as in one batch
     whole = ray.get(pool.actors[0].generate.remote(batch, params))
     assert len(gens) == 6
     assert [g.prompt_tokens for g in gens[::2]] == [g.prompt_tokens for g in gens[1::2]]  # prompt-major groups
@@ -85,9 +75,7 @@ def test_a_seeded_batch_split_over_replicas_samples_what_one_engine_samples(pool
 def test_rerank_over_the_pool_returns_permutations(pool, demo_data):
     requests = demo_data.load().requests(10)[:4]
     strategy = SlidingWindow(window_size=5, step=3, depth=10)
-    rounds = []
-    ranked = rerank(pool, strategy, requests, SamplingParams(max_new_tokens=16),
-                    on_round=lambda windows, done: rounds.append(windows))
+    ranked = rerank(pool, strategy, requests, SamplingParams(max_new_tokens=16))
     assert [r.qid for r in ranked] == [q.query.qid for q in requests]
     for request, result in zip(requests, ranked):
         depth = min(10, len(request.candidates))
@@ -95,7 +83,22 @@ def test_rerank_over_the_pool_returns_permutations(pool, demo_data):
         assert result.docids[depth:] == [c.docid for c in request.candidates[depth:]]
         assert len(result.windows) == len(window_spans(depth, 5, 3))
         assert all(w.prompt_tokens > 0 and w.completion_tokens > 0 for w in result.windows)
-    assert rounds[0] == len(requests)  # every query's first window went out in one batch
+    assert {w.in_flight for r in ranked for w in r.windows} - {1}  # queries ran side by side
+
+
+@pytest.mark.slow
+def test_windows_go_to_the_least_loaded_replica(pool):
+    import asyncio
+
+    async def scenario():
+        long = asyncio.create_task(pool.agenerate(_batch(1)[0], SamplingParams(max_new_tokens=400, ignore_eos=True)))
+        await asyncio.sleep(0)  # dealt: replica 0 now holds one window
+        short = [(await pool.agenerate(m, SamplingParams(max_new_tokens=4)))[0] for m in _batch(3)]
+        return (await long)[0], short
+
+    long, short = asyncio.run(scenario())
+    assert long.extra["replica"] == 0
+    assert [g.extra["replica"] for g in short] == [1, 1, 1]  # never behind the long one
 
 
 @pytest.mark.slow
@@ -119,11 +122,23 @@ def test_weights_pushed_through_the_object_store_reach_every_replica(pool, demo_
 
 
 @pytest.mark.slow
-def test_a_failing_replica_is_named(pool):
-    too_long = [{"role": "user", "content": "word " * 5000}]  # past max_model_len: the engine rejects it
-    with pytest.raises(EngineReplicaError, match="replica 1 of 2"):
+def test_a_prompt_too_long_for_the_engine_is_the_inputs_fault(pool):
+    too_long = [{"role": "user", "content": "word " * 5000}]  # past max_model_len: the engine refuses it
+    with pytest.raises(EngineInputError, match="max_model_len"):
         pool.generate(_batch(1) + [too_long], GREEDY)
     assert len(pool.generate(_batch(2), GREEDY)) == 2  # the pool still serves
+
+
+@pytest.mark.slow
+def test_a_failing_replica_is_named(ray_cluster, tiny_model_dir):
+    config = EngineConfig(backend="transformers", model=str(tiny_model_dir), dtype="float32")
+    pool = EnginePool(config, replicas=1, num_cpus_per_replica=0.5)
+    try:
+        ray.kill(pool.actors[0])
+        with pytest.raises(EngineReplicaError, match="replica 0 of 1 .*failed to generate"):
+            pool.generate(_batch(1), GREEDY)
+    finally:
+        pool.close()
 
 
 @pytest.mark.slow
@@ -138,8 +153,9 @@ def test_close_ends_the_replicas(pool):
     """Last in this file: closes the module's pool (the fixture's own close is then a no-op)."""
     actors = list(pool.actors)
     processes = [_actor_process(actor) for actor in actors]
-    assert all(p.children(recursive=True) == [] for p in processes)  # vLLM runs inside the actor process
+    engine_processes = [child for p in processes for child in p.children(recursive=True)]
+    assert engine_processes  # vLLM's engine core runs in a child of each actor
     pool.close()
-    assert psutil.wait_procs(processes, timeout=30)[1] == [] and pool.actors == []
+    assert psutil.wait_procs(processes + engine_processes, timeout=30)[1] == [] and pool.actors == []
     with pytest.raises(ray.exceptions.RayActorError):
         ray.get(actors[0].ready.remote())

@@ -1,11 +1,13 @@
-"""Ranking strategies: the paper's window schedule and cross-query batching.
+"""Ranking strategies: the paper's window schedule and the continuous driver.
 
-The engine here is a scripted test double (it reverses every window and records each call), used only to
-see which windows a strategy asks for and how `rerank` batches them; the real engines run the same
-strategies in tests/test_engine_pool.py, tests/test_evaluate.py and tests/test_submit.py.
+The engine here is a scripted test double (it reverses every window after a delay the test chooses per
+query, and records when each window starts and ends), used only to see which windows a strategy asks for
+and when the driver submits them; the real engines run the same strategies in tests/test_engine_pool.py,
+tests/test_continuous.py, tests/test_evaluate.py and tests/test_submit.py.
 """
 from __future__ import annotations
 
+import asyncio
 import re
 
 import pytest
@@ -17,24 +19,34 @@ from reasonrank.types import Candidate, Query, RerankRequest
 
 
 class ReversingEngine(Engine):
-    """Answers every listwise prompt with its passages in reverse order; records batch sizes."""
+    """Answers every listwise prompt with its passages in reverse order, after `delay_s(query text)`;
+    records ("start"|"end", query text) events and the most windows it ever had in flight."""
 
-    def __init__(self, malformed_every: int = 0):
-        self.calls: list[int] = []
-        self.malformed_every = malformed_every
-        self.seen = 0
+    def __init__(self, malformed_every: int = 0, delay_s=lambda query: 0.0):
+        self.events: list[tuple[str, str]] = []
+        self.malformed_every, self.delay_s = malformed_every, delay_s
+        self.seen = self.in_flight = self.peak = 0
 
-    def generate(self, batch, params: SamplingParams) -> list[Generation]:
-        self.calls.append(len(batch))
-        out = []
-        for messages in batch:
-            self.seen += 1
-            n = len(re.findall(r"^\[\d+\] ", messages[-1]["content"], flags=re.M))
-            text = f"<think>reversing</think><answer>{format_answer(list(reversed(range(n))))}</answer>"
-            if self.malformed_every and self.seen % self.malformed_every == 0:
-                text = "<think>I ran out of tok"
-            out.append(Generation(text, prompt_tokens=10, completion_tokens=5, latency_s=0.0))
-        return out
+    def windows_in_flight(self) -> int:
+        return self.in_flight
+
+    async def agenerate(self, messages, params: SamplingParams) -> list[Generation]:
+        query = re.search(r"Search Query: (.*)\.", messages[-1]["content"]).group(1)
+        self.seen += 1
+        seen = self.seen
+        self.events.append(("start", query))
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        try:
+            await asyncio.sleep(self.delay_s(query))
+        finally:
+            self.in_flight -= 1
+        self.events.append(("end", query))
+        n = len(re.findall(r"^\[\d+\] ", messages[-1]["content"], flags=re.M))
+        text = f"<think>reversing</think><answer>{format_answer(list(reversed(range(n))))}</answer>"
+        if self.malformed_every and seen % self.malformed_every == 0:
+            text = "<think>I ran out of tok"
+        return [Generation(text, prompt_tokens=10, completion_tokens=5, latency_s=0.0)]
 
 
 def request(qid: str, n: int) -> RerankRequest:
@@ -64,13 +76,26 @@ def test_sliding_window_result_matches_manual_replay():
     assert [(w.start, w.end) for w in ranked.windows] == window_spans(30, 20, 10)
 
 
-def test_windows_of_all_queries_share_each_engine_call():
-    engine = ReversingEngine()
-    reqs = [request("a", 100), request("b", 20), request("c", 45)]
+def test_a_query_advances_the_moment_its_own_window_returns():
+    """No rounds: while query a's one slow window runs, query b goes through all 4 of its windows."""
+    engine = ReversingEngine(delay_s=lambda query: 0.3 if query == "query a" else 0.01)
+    reqs = [request("a", 20), request("b", 45)]
     results = rerank(engine, SlidingWindow(), reqs, SamplingParams())
-    # a: 9 windows, b: 1, c: 4 → rounds of 3, 2, 2, 2, 1, 1, 1, 1, 1
-    assert engine.calls == [3, 2, 2, 2, 1, 1, 1, 1, 1]
-    assert [r.qid for r in results] == ["a", "b", "c"]
+    assert engine.events[:2] == [("start", "query a"), ("start", "query b")]
+    assert engine.events.index(("end", "query a")) == len(engine.events) - 1  # b's 4 windows all ended first
+    assert [e for e in engine.events if e[1] == "query b"] == [("start", "query b"), ("end", "query b")] * 4
+    assert [r.qid for r in results] == ["a", "b"]  # request order, whatever the finishing order
+    assert [w.in_flight for w in results[1].windows] == [2, 2, 2, 2]  # a's window was in flight meanwhile
+
+
+def test_windows_in_flight_are_bounded():
+    engine = ReversingEngine(delay_s=lambda query: 0.01)
+    reqs = [request(str(i), 30) for i in range(10)]
+    done: list[str] = []
+    results = rerank(engine, SlidingWindow(20, 10, depth=30), reqs, SamplingParams(), max_windows_in_flight=3,
+                     on_query_done=lambda ranked: done.append(ranked.qid))
+    assert engine.peak == 3
+    assert sorted(done) == sorted(r.query.qid for r in reqs) and len(results) == 10
 
 
 def test_depth_leaves_the_tail_untouched_and_nothing_is_lost():
@@ -86,7 +111,7 @@ def test_one_shot_is_a_single_window_over_the_list():
     engine = ReversingEngine()
     req = request("q", 12)
     [ranked] = rerank(engine, OneShot(depth=None), [req], SamplingParams())
-    assert engine.calls == [1]
+    assert engine.seen == 1
     assert ranked.candidates == list(reversed(req.candidates))
     assert ranked.windows[0].strategy == "one_shot"
 

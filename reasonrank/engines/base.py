@@ -1,16 +1,27 @@
 """One generation interface for every backend (vLLM, transformers, OpenAI-compatible endpoints).
 
-The teacher (synthesize), rollouts (grpo), evaluate and serve all call `Engine.generate` with a batch of
-chat conversations. A backend reports, per output, the token counts and the latency of the call it came
-from, so that cost can be logged per window without knowing the backend.
+The unit of work is one prompt: `await engine.agenerate(messages, params)` returns its `params.n` samples.
+Whoever awaits it may cancel it at any time (a request past its deadline, a client that went away); the
+backend then aborts the prompt and frees its slot. Backends keep many prompts in flight and batch them
+continuously (vLLM's async engine), concurrently (OpenAI-compatible endpoints) or by whatever is queued
+(transformers), so a caller submits a prompt the moment it is ready and never waits for anyone else's.
+
+`generate(batch, params)` is the synchronous batch call training code uses (rollouts, the teacher): the
+prompts of the batch submitted together, results prompt-major. A backend reports, per output, the token
+counts and the latency of the call it came from, so that cost can be logged per window without knowing
+the backend.
 """
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 Messages = list[dict[str, str]]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -22,6 +33,7 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     logprobs: bool = False  # return the sampled tokens' log-probabilities (rollouts)
+    ignore_eos: bool = False  # generate exactly max_new_tokens (benchmarks that fix response lengths)
 
     def sample_seed(self, prompt_index: int, sample_index: int = 0) -> int | None:
         """The seed of sample j of prompt i in a batch: seed + i·n + j, so no two samples of a batch share a
@@ -30,9 +42,10 @@ class SamplingParams:
         return None if self.seed is None else self.seed + prompt_index * self.n + sample_index
 
     def from_prompt(self, start: int) -> SamplingParams:
-        """These params for the part of a batch that begins at prompt `start` (a batch split over engines): its
-        seeds go on from the batch's, so the parts sample what one engine would sample for the whole batch
-        (on engines that seed each sample: vLLM, OpenAI-compatible; transformers draws a batch from one seed)."""
+        """These params for prompt `start` of a batch (or the part of a batch that begins there): its seeds
+        go on from the batch's, so prompts submitted one by one, to one engine or to several, sample what
+        one batch call would sample (on engines that seed each sample: vLLM, OpenAI-compatible;
+        transformers draws a batch from one seed)."""
         return replace(self, seed=self.sample_seed(start))
 
 
@@ -41,7 +54,7 @@ class Generation:
     text: str  # the response in the model's own format: `<think>…</think><answer>…</answer>`
     prompt_tokens: int
     completion_tokens: int
-    latency_s: float  # wall time of the engine call this output came from
+    latency_s: float  # wall time from submitting the prompt to its last token
     finish_reason: str = "stop"  # "stop" or "length" (cut by max_new_tokens)
     reasoning: str | None = None  # reasoning the server returned apart from the content, if any
     token_ids: list[int] | None = None  # sampled token ids (local engines)
@@ -49,22 +62,49 @@ class Generation:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class Engine(ABC):
-    """A text generator over chat conversations.
+class EngineInputError(ValueError):
+    """The engine refused a prompt for what it is (too long for the context, …), not because it failed:
+    the caller's input is at fault, and the engine is as healthy as before."""
 
-    `generate` returns `len(batch) * params.n` generations, prompt-major: the n samples of prompt 0 first.
-    """
+
+class Engine(ABC):
+    """A text generator over chat conversations."""
 
     name: str = "engine"
 
     @abstractmethod
+    async def agenerate(self, messages: Messages, params: SamplingParams) -> list[Generation]:
+        """The `params.n` samples of one prompt. Cancelling the awaiting task aborts the prompt."""
+
+    async def agenerate_batch(self, batch: list[Messages], params: SamplingParams) -> list[Generation]:
+        """Every prompt of `batch` submitted at once; `len(batch) * params.n` generations, prompt-major."""
+        per_prompt = await asyncio.gather(*(self.agenerate(messages, params.from_prompt(i))
+                                            for i, messages in enumerate(batch)))
+        return [gen for samples in per_prompt for gen in samples]
+
     def generate(self, batch: list[Messages], params: SamplingParams) -> list[Generation]:
-        ...
+        """`agenerate_batch`, for synchronous callers."""
+        return run_sync(self.agenerate_batch(batch, params)) if batch else []
 
     @property
     def tokenizer(self) -> Any | None:
         """The model's tokenizer where the backend has one locally (None for remote endpoints)."""
         return None
 
+    def windows_in_flight(self) -> int:
+        """Prompts submitted and not yet answered (what the engine is generating or has queued)."""
+        return 0
+
     def close(self) -> None:
         """Release the engine's processes and memory."""
+
+
+def run_sync(coroutine: Awaitable[T]) -> T:
+    """Run `coroutine` to completion from synchronous code, also when called inside a running event loop
+    (an async server or actor), where it runs on a loop of its own in a helper thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with ThreadPoolExecutor(1) as thread:
+        return thread.submit(asyncio.run, coroutine).result()

@@ -1,17 +1,34 @@
 """The transformers backend: `model.generate` on left-padded batches. The fallback for small models.
 
+`model.generate` cannot take a prompt into a batch that is running, so this backend keeps the one batcher
+left in the system: prompts queue, and a worker runs whatever has queued (same sampling parameters) as
+one batch the moment the model is free. A prompt cancelled while queued is dropped; one already in a
+batch finishes with it. A synchronous `generate` call is one item of that queue, so the model runs on one
+thread whoever calls.
+
 Reports what the vLLM backend reports: the sampled ids up to and including the end-of-turn token, their
 raw log-probabilities (log-softmax of the unprocessed logits, as vLLM's default), and finish_reason
 "length" when max_new_tokens cut the response.
 """
 from __future__ import annotations
 
+import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from reasonrank.config import EngineConfig
 from reasonrank.engines.base import Engine, Generation, Messages, SamplingParams
+from reasonrank.engines.engine_loop import EngineLoop
 from reasonrank.prompt import render
+
+
+@dataclass
+class _Queued:
+    batch: list[Messages]
+    params: SamplingParams
+    done: asyncio.Future
 
 
 class TransformersEngine(Engine):
@@ -33,12 +50,63 @@ class TransformersEngine(Engine):
         self._pad_id = self._tokenizer.pad_token_id
         if not self._stop_ids:
             raise ValueError(f"{config.model}: the generation config names no eos_token_id to stop at")
+        self._loop = EngineLoop("transformers-engine")
+        self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="transformers-generate")
+        self._queue: list[_Queued] = []  # touched on the engine loop only
+        self._arrived = asyncio.Event()
+        self._worker = self._loop.run(_spawn(self._work()))
 
     @property
     def tokenizer(self) -> Any:
         return self._tokenizer
 
+    def windows_in_flight(self) -> int:
+        return sum(len(item.batch) for item in self._queue)
+
+    async def agenerate(self, messages: Messages, params: SamplingParams) -> list[Generation]:
+        return await self._loop.call(self._submit([messages], params))
+
     def generate(self, batch: list[Messages], params: SamplingParams) -> list[Generation]:
+        return self._loop.run(self._submit(batch, params)) if batch else []
+
+    async def _submit(self, batch: list[Messages], params: SamplingParams) -> list[Generation]:
+        item = _Queued(batch, params, asyncio.get_running_loop().create_future())
+        self._queue.append(item)
+        self._arrived.set()
+        try:
+            return await item.done
+        finally:
+            if not item.done.done():
+                item.done.cancel()
+
+    async def _work(self) -> None:
+        """Run what has queued: the first item's parameters, and every queued item that shares them."""
+        while True:
+            await self._arrived.wait()
+            self._queue = [item for item in self._queue if not item.done.done()]
+            if not self._queue:
+                self._arrived.clear()
+                continue
+            params = self._queue[0].params
+            taken = [item for item in self._queue if item.params == params]
+            self._queue = [item for item in self._queue if item.params != params]
+            batch = [messages for item in taken for messages in item.batch]
+            try:
+                generations = await asyncio.get_running_loop().run_in_executor(
+                    self._model_thread, self._generate_batch, batch, params)
+            except Exception as e:  # every caller in the batch hears about it; the worker goes on
+                for item in taken:
+                    if not item.done.done():
+                        item.done.set_exception(e)
+                continue
+            at = 0
+            for item in taken:
+                size = len(item.batch) * params.n
+                if not item.done.done():
+                    item.done.set_result(generations[at: at + size])
+                at += size
+
+    def _generate_batch(self, batch: list[Messages], params: SamplingParams) -> list[Generation]:
         started = time.perf_counter()
         rows: list[tuple[int, list[int], list[float]]] = []
         for first in range(0, len(batch), self.micro_batch_size):
@@ -99,3 +167,13 @@ class TransformersEngine(Engine):
         finish = "stop" if ended or stopped_by_string or len(ids) < params.max_new_tokens else "length"
         return Generation(text=text, prompt_tokens=prompt_tokens, completion_tokens=len(ids), latency_s=latency,
                           finish_reason=finish, token_ids=ids, logprobs=logprobs if params.logprobs else None)
+
+    def close(self) -> None:
+        if self._loop.loop.is_running():
+            self._loop.loop.call_soon_threadsafe(self._worker.cancel)
+        self._loop.close()
+        self._model_thread.shutdown(wait=True)
+
+
+async def _spawn(coroutine) -> asyncio.Task:
+    return asyncio.get_running_loop().create_task(coroutine)

@@ -20,7 +20,6 @@ import re
 import time
 import weakref
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -29,7 +28,7 @@ import openai
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from reasonrank.config import EngineConfig
-from reasonrank.engines.base import Engine, Generation, Messages, SamplingParams
+from reasonrank.engines.base import Engine, Generation, Messages, SamplingParams, run_sync
 from reasonrank.engines.rate_limit import RateLimiter
 
 _INLINE_THINK = re.compile(r"^\s*<think>(?P<reasoning>.*?)</think>(?P<content>.*)$", re.DOTALL)
@@ -132,6 +131,7 @@ class OpenAIEngine(Engine):
                                  "(or engine.base_url for a local server that needs none)")
             self._api_key = _NO_KEY_NEEDED
         self.limiter = RateLimiter(config.requests_per_s, config.tokens_per_min)
+        self._in_flight = 0
         # The async client and the concurrency bound belong to one event loop each.
         self._per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = \
             weakref.WeakKeyDictionary()
@@ -152,13 +152,21 @@ class OpenAIEngine(Engine):
             state = self._per_loop[loop] = _LoopState(client, asyncio.Semaphore(self.config.max_concurrency))
         return state
 
-    async def agenerate(self, messages: Messages, params: SamplingParams,
-                        validate: Callable[[Generation], None] | None = None) -> Generation:
+    def windows_in_flight(self) -> int:
+        return self._in_flight
+
+    async def agenerate(self, messages: Messages, params: SamplingParams) -> list[Generation]:
+        """The n samples of one prompt, each a request of its own seeded by `SamplingParams.sample_seed`."""
+        samples = [replace(params, n=1, seed=params.sample_seed(0, j)) for j in range(params.n)]
+        return list(await asyncio.gather(*(self.complete(messages, sample) for sample in samples)))
+
+    async def complete(self, messages: Messages, params: SamplingParams,
+                       validate: Callable[[Generation], None] | None = None) -> Generation:
         """One chat completion, retried as the module says. `validate(gen)` may raise MalformedResponse to
         have an unusable answer retried like a malformed body. `Generation.extra["retries"]` lists the
         reasons of the failed attempts before the one that succeeded."""
         if params.n != 1:
-            raise ValueError("agenerate makes one sample; generate() makes n per prompt")
+            raise ValueError("complete makes one sample; agenerate() makes n per prompt")
         state = self._state()
         failures: list[str] = []
         retrying = AsyncRetrying(
@@ -168,6 +176,7 @@ class OpenAIEngine(Engine):
             before_sleep=lambda rs: failures.append(failure_reason(rs.outcome.exception())),
             reraise=True,
         )
+        self._in_flight += 1
         try:
             async for attempt in retrying:
                 with attempt:
@@ -178,6 +187,8 @@ class OpenAIEngine(Engine):
         except Exception as exc:  # every failure ends here, categorised
             attempts = len(failures) + 1
             raise TeacherCallFailed(failure_reason(exc), _describe(exc), attempts) from exc
+        finally:
+            self._in_flight -= 1
         gen.extra["retries"] = failures
         return gen
 
@@ -204,20 +215,12 @@ class OpenAIEngine(Engine):
         """All prompts' samples concurrently (at most max_concurrency in flight); prompt-major order.
         Each sample is a request of its own, seeded by `SamplingParams.sample_seed` when a seed is given."""
         async def run_all() -> list[Generation]:
-            calls = [self.agenerate(messages, replace(params, n=1, seed=params.sample_seed(i, j)))
-                     for i, messages in enumerate(batch) for j in range(params.n)]
             try:
-                return list(await asyncio.gather(*calls))
+                return await self.agenerate_batch(batch, params)
             finally:
                 await self._state().client.close()
 
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(run_all())
-        # Called from inside an event loop (an async server): run on a loop of its own, in a thread.
-        with ThreadPoolExecutor(1) as thread:
-            return thread.submit(asyncio.run, run_all()).result()
+        return run_sync(run_all())
 
     def close(self) -> None:
         """Close the HTTP clients still open, each on its own loop (from any other thread)."""

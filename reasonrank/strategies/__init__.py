@@ -1,5 +1,6 @@
 """Ranking strategies. Each lives in its own module and registers itself by `name`."""
-from reasonrank.strategies.base import EngineCall, RankingStrategy, rerank
+from reasonrank.strategies.base import EngineCall, RankingStrategy
+from reasonrank.strategies.driver import arerank, drive, engine_windows, rerank
 from reasonrank.strategies.iterative_elimination import IterativeElimination
 from reasonrank.strategies.one_shot import OneShot
 from reasonrank.strategies.sliding_window import SlidingWindow, window_spans
@@ -15,5 +16,5 @@ def build_strategy(name: str, **options) -> RankingStrategy:
     return cls(**options)
 
 
-__all__ = ["EngineCall", "RankingStrategy", "rerank", "OneShot", "SlidingWindow", "IterativeElimination",
+__all__ = ["EngineCall", "RankingStrategy", "arerank", "drive", "engine_windows", "rerank", "OneShot", "SlidingWindow", "IterativeElimination",
            "window_spans", "STRATEGIES", "build_strategy"]

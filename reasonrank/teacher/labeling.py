@@ -72,7 +72,7 @@ async def label_item(engine: OpenAIEngine, item: LabelItem, params: SamplingPara
     else:
         raise ValueError(f"item {item.key}: unknown kind {item.kind!r}")
     try:
-        gen = await engine.agenerate(list(item.messages), params, validate=validate)
+        gen = await engine.complete(list(item.messages), params, validate=validate)
     except TeacherCallFailed as failed:
         return "error", {**base, "reason": failed.reason, "message": failed.message,
                          "attempts": failed.attempts, "failed_at": time.time()}
