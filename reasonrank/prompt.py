@@ -7,7 +7,7 @@ with the model's own tokenizer; the messages are rendered with the model's chat 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 SYSTEM_PROMPT = (
@@ -41,20 +41,80 @@ def rewrite_brackets(text: str) -> str:
     return _BRACKETED_NUMBER.sub(r"(\1)", text)
 
 
-class PassageTruncator:
-    """Cuts a passage to at most `max_tokens` tokens of `tokenizer` (None: no cut)."""
+# When a window does not fit the model's context even with passages at their budget, they are cut further,
+# but never below this many tokens each; then the query is cut to QUERY_MIN_TOKENS; what still does not fit
+# is refused (PromptTooLong), never sent to the engine to fail there.
+PASSAGE_MIN_TOKENS = 16
+QUERY_MIN_TOKENS = 128
 
-    def __init__(self, tokenizer: Any | None, max_tokens: int | None):
+
+class PromptTooLong(ValueError):
+    """A window that cannot fit the model's context even with passages and query cut to their least; the
+    message names the limits. The input's fault (a 4xx to a client), not the engine's."""
+
+
+class PassageTruncator:
+    """Cuts a passage to at most `max_tokens` tokens of `tokenizer` (None: no cut).
+
+    With `context_tokens` (the engine's max_model_len) it also makes whole windows fit (`fit`): a prompt
+    longer than `context_tokens - answer_tokens` has its passages cut further (down to PASSAGE_MIN_TOKENS
+    each), then its query (to QUERY_MIN_TOKENS), and is refused with PromptTooLong if it still does not fit.
+    """
+
+    def __init__(self, tokenizer: Any | None, max_tokens: int | None, context_tokens: int | None = None,
+                 answer_tokens: int = 0):
         self.tokenizer = tokenizer
         self.max_tokens = max_tokens
+        self.context_tokens = context_tokens
+        self.answer_tokens = answer_tokens
 
     def __call__(self, text: str) -> str:
-        if self.tokenizer is None or self.max_tokens is None:
+        return self.cut(text, self.max_tokens)
+
+    def cut(self, text: str, max_tokens: int | None) -> str:
+        if self.tokenizer is None or max_tokens is None:
             return text
         ids = self.tokenizer.encode(text, add_special_tokens=False)
-        if len(ids) <= self.max_tokens:
+        if len(ids) <= max_tokens:
             return text
-        return self.tokenizer.decode(ids[: self.max_tokens], skip_special_tokens=True)
+        return self.tokenizer.decode(ids[:max_tokens], skip_special_tokens=True)
+
+    def fit(self, query: str, passages: Sequence[str],
+            build: Callable[[str, list[str]], list[dict[str, str]]]) -> list[dict[str, str]]:
+        """`build(query, passages)` with passages cut to their budget, and further as the class says so
+        that the rendered prompt leaves `answer_tokens` of the context free."""
+        passages = [self(p) for p in passages]
+        messages = build(query, passages)
+        if self.context_tokens is None or self.tokenizer is None:
+            return messages
+        limit = self.context_tokens - self.answer_tokens
+        if self._tokens(messages) <= limit:
+            return messages
+        longest = max((len(self.tokenizer.encode(p, add_special_tokens=False)) for p in passages), default=0)
+        floor = min(PASSAGE_MIN_TOKENS, longest)
+
+        def at(cap: int, q: str = query) -> list[dict[str, str]]:
+            return build(q, [self.cut(p, cap) for p in passages])
+
+        if self._tokens(at(floor)) <= limit:  # the longest passage budget that fits
+            lo, hi = floor, longest
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                lo, hi = (mid, hi) if self._tokens(at(mid)) <= limit else (lo, mid - 1)
+            return at(lo)
+        short_query = self.cut(query, QUERY_MIN_TOKENS)
+        messages = at(floor, short_query)
+        needed = self._tokens(messages)
+        if needed <= limit:
+            return messages
+        raise PromptTooLong(
+            f"a window of {len(passages)} passages needs {needed} prompt tokens even with each passage cut to "
+            f"{floor} tokens and the query to {QUERY_MIN_TOKENS}, and the model's context (max_model_len) is "
+            f"{self.context_tokens} tokens with {self.answer_tokens} kept for the answer: send fewer documents "
+            f"per window or a shorter query")
+
+    def _tokens(self, messages: list[dict[str, str]]) -> int:
+        return len(self.tokenizer(render(self.tokenizer, messages), add_special_tokens=False)["input_ids"])
 
 
 def shown_passage(text: str, truncate: PassageTruncator | None = None) -> str:
@@ -71,13 +131,12 @@ def listwise_user_message(query: str, passages: Sequence[str]) -> str:
 
 def listwise_messages(query: str, passages: Sequence[str],
                       truncate: PassageTruncator | None = None) -> list[dict[str, str]]:
-    """Chat messages asking the model to reason, then rank `passages` for `query`."""
-    if truncate is not None:
-        passages = [truncate(p) for p in passages]
-    return [
-        {"role": "system", "content": SYSTEM_PROMPT},
-        {"role": "user", "content": listwise_user_message(query, passages)},
-    ]
+    """Chat messages asking the model to reason, then rank `passages` for `query` (cut by `truncate` to its
+    passage budget and, when it knows the model's context, to fit it)."""
+    def build(q: str, ps: Sequence[str]) -> list[dict[str, str]]:
+        return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": listwise_user_message(q, ps)}]
+
+    return build(query, passages) if truncate is None else truncate.fit(query, passages, build)
 
 
 def assistant_turn(reasoning: str, order: Sequence[int]) -> str:

@@ -40,7 +40,7 @@ from ray.serve import Application
 from reasonrank.config import ConfigError, StrategyConfig, load_config
 from reasonrank.engines import build_engine
 from reasonrank.engines.base import EngineInputError, Generation, Messages, SamplingParams
-from reasonrank.prompt import PassageTruncator
+from reasonrank.prompt import PassageTruncator, PromptTooLong
 from reasonrank.strategies import EngineCall, engine_windows
 from serve.auth import BearerAuth
 from serve.body import parse_request
@@ -186,6 +186,8 @@ class Reranker:
             except EngineFailure as e:
                 raise ServeError(503, f"the reranking engine failed ({e}); retry shortly",
                                  headers={"Retry-After": "5"}) from None
+            except PromptTooLong as e:  # the request's fault: never the engine's, the replica stays healthy
+                raise ServeError(413, f"the request does not fit the model: {e}") from None
             self.metrics.record_ranking(api_name, ranking)
             payload = respond(request_id, body, strategy, ranking).model_dump(mode="json", exclude_none=True)
             status = 200
@@ -226,7 +228,8 @@ class Reranker:
         return min(seconds, limit)
 
     async def _rank(self, body: Any, strategy: StrategyConfig) -> DocumentRanking:
-        truncate = PassageTruncator(self.engine.tokenizer, strategy.passage_max_tokens)
+        truncate = PassageTruncator(self.engine.tokenizer, strategy.passage_max_tokens,
+                                    self.config.engine.max_model_len, self.params.max_new_tokens)
         return await rank_documents(body.query, body.texts, strategy.build(), truncate, self.window,
                                     qid=getattr(body, "qid", None) or "")
 

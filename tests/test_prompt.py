@@ -74,3 +74,61 @@ def test_rl_sample_validates_and_round_trips():
         RLSample("r2", "q", "web", "q", ["d1", "d2"], ["t1", "t2"], ["d1"], [])
     with pytest.raises(ValueError, match="relevant ids"):
         RLSample("r3", "q", "web", "q", ["d1"], ["t1"], ["d1"], ["zz"])
+
+
+# ---- fitting a window to the model's context -----------------------------------------------------------
+
+def _prompt_tokens(tokenizer, messages) -> int:
+    return len(tokenizer(render(tokenizer, messages), add_special_tokens=False)["input_ids"])
+
+
+def test_a_window_over_the_context_has_its_passages_cut_to_fit(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from reasonrank.prompt import PASSAGE_MIN_TOKENS
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    passages = [" ".join(f"w{j}x{i}" for j in range(600)) for i in range(4)]
+    context, answer = 1024, 64
+    truncate = PassageTruncator(tok, 4000, context_tokens=context, answer_tokens=answer)
+    messages = listwise_messages("why do cats purr", passages, truncate)
+    used = _prompt_tokens(tok, messages)
+    assert used <= context - answer
+    assert used > context - answer - 4 * 16  # cut no more than it had to: a few tokens a passage at most
+    assert "why do cats purr" in messages[1]["content"]  # the query was not cut: passages went first
+    for i in range(1, 5):
+        assert f"[{i}] w0x{i - 1}" in messages[1]["content"]  # each passage keeps its beginning
+    assert PASSAGE_MIN_TOKENS < 100
+
+
+def test_a_window_fits_by_cutting_the_query_after_the_passages(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from reasonrank.prompt import QUERY_MIN_TOKENS
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    query = " ".join(f"q{j}" for j in range(3000))
+    truncate = PassageTruncator(tok, 64, context_tokens=1024, answer_tokens=64)
+    messages = listwise_messages(query, ["short passage one", "short passage two"], truncate)
+    assert _prompt_tokens(tok, messages) <= 1024 - 64
+    assert "q0 q1" in messages[1]["content"] and f"q{QUERY_MIN_TOKENS * 2}" not in messages[1]["content"]
+
+
+def test_what_cannot_fit_is_refused_naming_the_limit(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from reasonrank.prompt import PromptTooLong
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    truncate = PassageTruncator(tok, 512, context_tokens=600, answer_tokens=64)
+    with pytest.raises(PromptTooLong, match=r"max_model_len\) is 600 tokens with 64 kept for the answer"):
+        listwise_messages("why", [f"passage number {i} " * 40 for i in range(60)], truncate)
+
+
+def test_without_a_context_budget_passages_are_only_cut_to_their_budget(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    long = " ".join(f"w{j}" for j in range(2000))
+    messages = listwise_messages("q", [long], PassageTruncator(tok, 20_000))  # far over the model's 4096
+    assert long in messages[1]["content"]
