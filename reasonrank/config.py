@@ -52,6 +52,7 @@ class SamplingConfig(Strict):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(3072, ge=1)
     seed: int | None = None
+    ignore_eos: bool = False  # generate exactly max_new_tokens (benchmarks and tests that fix lengths)
 
     def params(self, **overrides: Any):
         from reasonrank.engines.base import SamplingParams
