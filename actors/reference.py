@@ -12,13 +12,18 @@ from reasonrank import storage
 from reasonrank.rl.batch import pack
 from reasonrank.rl.reference import ReferencePolicy
 from reasonrank.rl.rollout import Rollout
+from reasonrank.training.config import DeepSpeedConfig
 
 
 @ray.remote
 class ReferenceWorker:
-    def __init__(self, path: str, bf16: bool, micro_batch_size: int, temperature: float, pad_id: int):
+    def __init__(self, path: str, deepspeed: DeepSpeedConfig, micro_batch_size: int, temperature: float,
+                 pad_id: int):
+        """Device and dtype are decided here, where the model runs (`precision: auto` is bf16 on CUDA): the
+        driver that starts this actor may have no GPU at all (a KubeRay head pod)."""
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.policy = ReferencePolicy.load(storage.local_dir(path), torch.bfloat16 if bf16 else torch.float32, device)
+        dtype = torch.bfloat16 if deepspeed.use_bf16() else torch.float32
+        self.policy = ReferencePolicy.load(storage.local_dir(path), dtype, device)
         self.micro_batch_size, self.temperature, self.pad_id = micro_batch_size, temperature, pad_id
 
     def logprobs(self, rollouts: list[Rollout]) -> list[list[float]]:

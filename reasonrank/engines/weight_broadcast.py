@@ -38,6 +38,10 @@ class WeightBroadcaster:
         group = StatelessProcessGroup.create(host=master_address, port=master_port, rank=0, world_size=world_size)
         self._communicator = PyNcclCommunicator(group, device=self.device)
 
+    def close(self) -> None:
+        """Release the communicator (an abort: safe when other members are already gone)."""
+        self._communicator.destroy()
+
     def broadcast(self, named_tensors: Iterable[tuple[str, Any]]) -> int:
         """Send each tensor (in `weight_specs` order); returns how many were sent."""
         import torch

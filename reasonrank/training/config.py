@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from reasonrank.config import Strict
+from reasonrank.training.attention import AttentionBackend
 
 ALL_LINEAR_QWEN2 = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -24,7 +25,7 @@ class LoraConfig(Strict):
 
 class ModelConfig(Strict):
     path: str  # a Hugging Face model folder (or hub id where a hub is reachable)
-    attn_implementation: str | None = None  # e.g. "flash_attention_2" on GPUs; None: transformers' default
+    attn_implementation: AttentionBackend = None  # "sdpa" on GPUs; checked against what is installed
     gradient_checkpointing: bool = False  # trade compute for memory on long sequences
     lora: LoraConfig | None = None  # None: full fine-tune
 
