@@ -1,0 +1,159 @@
+"""The reranking service over real HTTP, driving a model whose rankings are known and are not the identity.
+
+The replica's engine is the OpenAI-compatible backend, pointed at a scripted model server on 127.0.0.1: the
+simulated teacher with no noise and no faults (reasonrank/teacher/simulated.py), which ranks every window's
+passages by their relevance grades (ties in the window's order). So the ranking each request must get is
+known in advance — and is far from the documents' order — and every endpoint's indices, documents, scores
+and top_n are checked against it.
+"""
+from __future__ import annotations
+
+import asyncio
+import socket
+import statistics
+import time
+
+import httpx
+import pytest
+
+from reasonrank.strategies import window_spans
+from reasonrank.teacher.simulated import SimulatedTeacher, SimulationConfig
+from serve.config import ServeConfig
+
+pytestmark = pytest.mark.slow
+
+APP = "reranker-known"
+QUERY = "why do cats purr"
+DOCS = [f"passage {i}: cats purr when content, and sometimes when stressed; fact number {i}." for i in range(10)]
+GRADES = {7: 3, 5: 2, 2: 1, 6: 1}  # document index → relevance grade; the others 0
+WINDOW, STEP, DEPTH = 4, 2, 8
+LATENCY_S = 0.05  # the scripted model's time per window
+
+
+def expected_order(n: int, window: int = WINDOW, step: int = STEP, depth: int = DEPTH) -> list[int]:
+    """What a sliding window over a model that sorts each window by grade (stable) makes of documents 0…n-1."""
+    order = list(range(n))
+    for start, end in window_spans(min(depth, n), window, step):
+        order[start:end] = sorted(order[start:end], key=lambda i: -GRADES.get(i, 0))
+    return order
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def model_server(demo_data):
+    teacher = SimulatedTeacher({"q": QUERY}, {str(i): t for i, t in enumerate(DOCS)},
+                               {"q": {str(i): g for i, g in GRADES.items()}},
+                               SimulationConfig(noise=0.0, latency_s=LATENCY_S, reasoning_words=8))
+    with teacher:
+        yield teacher
+
+
+@pytest.fixture(scope="module")
+def service(ray_cluster, model_server):
+    from ray import serve
+
+    from serve.app import build_app
+
+    config = ServeConfig.model_validate({
+        "model_name": "scripted", "engine": {"backend": "openai", "model": "scripted-ranker",
+                                             "base_url": model_server.base_url, "max_retries": 0},
+        "strategy": {"name": "sliding_window", "window_size": WINDOW, "step": STEP, "depth": DEPTH},
+        "sampling": {"max_new_tokens": 512}, "limits": {"request_timeout_s": 60}})
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        serve.run(build_app(config), name=APP, route_prefix="/")
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            yield client
+    finally:
+        serve.shutdown()
+
+
+def test_the_known_ranking_is_not_the_identity():
+    assert expected_order(len(DOCS))[:2] == [7, 5] and expected_order(len(DOCS)) != list(range(len(DOCS)))
+
+
+def _decreasing(scores: list[float]) -> None:
+    assert all(a > b for a, b in zip(scores, scores[1:])), scores
+
+
+def test_cohere_v1_indices_documents_scores_and_top_n(service):
+    docs = [DOCS[0], {"text": DOCS[1], "title": "kept"}, *DOCS[2:]]
+    r = service.post("/v1/rerank", json={"query": QUERY, "documents": docs, "top_n": 3, "return_documents": True})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x["index"] for x in results] == expected_order(len(DOCS))[:3]
+    assert [x["document"] for x in results] == [{"text": DOCS[i]} for i in expected_order(len(DOCS))[:3]]
+    _decreasing([x["relevance_score"] for x in results])
+    assert r.json()["meta"]["api_version"]["version"] == "1"
+
+
+def test_cohere_v2_full_ranking_without_documents(service):
+    r = service.post("/v2/rerank", json={"model": "m", "query": QUERY, "documents": DOCS})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x["index"] for x in results] == expected_order(len(DOCS))
+    assert all("document" not in x for x in results)
+    _decreasing([x["relevance_score"] for x in results])
+    assert r.json()["meta"]["api_version"]["version"] == "2"
+
+
+def test_jina_top_n_and_documents_by_default(service):
+    docs = DOCS[:6]  # six documents: windows (2,6), (0,4)
+    r = service.post("/rerank", json={"query": QUERY, "documents": docs, "top_n": 2})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [x["index"] for x in body["results"]] == expected_order(6)[:2] == [5, 2]
+    assert [x["document"]["text"] for x in body["results"]] == [docs[5], docs[2]]
+    _decreasing([x["relevance_score"] for x in body["results"]])
+    assert body["model"] == "scripted"
+
+
+def test_native_ids_ranks_and_an_overridden_strategy(service):
+    docs = [{"id": f"doc-{i}", "text": t} for i, t in enumerate(DOCS)]
+    r = service.post("/native/rerank", json={"query": QUERY, "documents": docs, "return_documents": True,
+                                             "strategy": {"name": "one_shot", "depth": 10}})
+    assert r.status_code == 200, r.text
+    ranking = r.json()["ranking"]
+    whole = sorted(range(10), key=lambda i: -GRADES.get(i, 0))  # one window over all ten
+    assert [x["index"] for x in ranking] == whole
+    assert [x["id"] for x in ranking] == [f"doc-{i}" for i in whole]
+    assert [x["text"] for x in ranking] == [DOCS[i] for i in whole]
+    assert [x["rank"] for x in ranking] == list(range(1, 11))
+    _decreasing([x["relevance_score"] for x in ranking])
+    assert r.json()["usage"]["windows"] == 1 and r.json()["usage"]["malformed_windows"] == 0
+
+
+def test_bounded_load(service):
+    """Under 4 concurrent clients every request succeeds, with the known ranking, and the median latency stays
+    within twice the unloaded latency measured here (windows of different requests overlap at the model)."""
+    body = {"query": QUERY, "documents": DOCS, "top_n": 3}
+    unloaded = []
+    for _ in range(3):
+        started = time.perf_counter()
+        assert service.post("/v1/rerank", json=body).status_code == 200
+        unloaded.append(time.perf_counter() - started)
+    alone = statistics.median(unloaded)
+    latencies, outcomes = [], []
+
+    async def client_loop(client, n):
+        for _ in range(n):
+            started = time.perf_counter()
+            r = await client.post("/v1/rerank", json=body)
+            latencies.append(time.perf_counter() - started)
+            outcomes.append((r.status_code, [x["index"] for x in r.json()["results"]] if r.status_code == 200 else r.text))
+
+    async def run():
+        async with httpx.AsyncClient(base_url=service.base_url, timeout=60) as client:
+            await asyncio.gather(*(client_loop(client, 4) for _ in range(4)))
+
+    asyncio.run(run())
+    assert outcomes == [(200, expected_order(len(DOCS))[:3])] * 16
+    loaded = statistics.median(latencies)
+    print(f"\nunloaded {alone * 1000:.0f} ms, loaded median {loaded * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms")
+    assert loaded <= 2 * alone + 0.2, (alone, loaded)
