@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from cluster.stages import Stage
-from jobs.common import parse_overrides
+from jobs.common import configure_logging, parse_overrides
 
 app = typer.Typer(help="Train and serve reasoning rerankers on Ray.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -21,6 +21,7 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override a c
 def _run_job(module: str, config: Path, overrides: list[str] | None) -> None:
     from reasonrank.config import ConfigError
 
+    configure_logging()
     job = importlib.import_module(f"jobs.{module}")
     try:
         summary = job.run(str(config), parse_overrides(overrides or []))
@@ -37,6 +38,7 @@ def demo(config: Annotated[Optional[Path], typer.Option("--config", "-c", exists
     """The demo pipeline: synthesize → SFT → GRPO → evaluate untrained/SFT/GRPO on held-out demo queries."""
     from jobs import demo as demo_job
 
+    configure_logging()
     summary = demo_job.run(str(config) if config else None, parse_overrides(set_ or []))
     typer.echo(json.dumps({k: summary[k] for k in ("models", "metrics", "plot")}, indent=2, default=str))
 

@@ -40,10 +40,16 @@ def init_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
         ray.init(num_cpus=num_cpus, **kwargs)
 
 
+def configure_logging() -> None:
+    """Progress lines (INFO) of the jobs on stderr: the one set-up of both command-line faces,
+    `python -m jobs.<stage>` and `reasonrank <stage>`."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
 def main(run: Callable[[str, dict[str, Any]], dict[str, Any]], description: str,
          argv: list[str] | None = None) -> int:
     """The `python -m jobs.<stage>` face: parse arguments, run, print the summary as JSON."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", required=True, help="YAML config file")
     parser.add_argument("--set", dest="overrides", action="append", default=[],

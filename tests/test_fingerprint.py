@@ -2,23 +2,25 @@
 is refused before any work; the same config resumes."""
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
 import pytest
 
 from reasonrank import fingerprint, storage
-from reasonrank.config import load_config
+from reasonrank.config import apply_overrides, load_config, parse_config
 from reasonrank.fingerprint import FingerprintMismatch
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
+EVALUATE = {"strategy": {"window_size": 10, "step": 5, "depth": 20}}  # as the tiny profile
 
 
 def test_fingerprint_keeps_what_determines_results_and_drops_where_it_runs():
     from jobs.evaluate import EvaluateConfig, results_fingerprint
 
-    cfg = load_config(CONFIGS / "evaluate-tiny.yaml", EvaluateConfig)
+    cfg = parse_config(EVALUATE, EvaluateConfig)
     keys = results_fingerprint(cfg)
     for key in ("engine.model", "engine.backend", "data.source", "strategy.name", "strategy.window_size",
                 "strategy.passage_max_tokens", "sampling.temperature", "sampling.seed", "engine.seed"):
@@ -46,18 +48,17 @@ def test_mismatch_names_each_changed_key_and_the_ways_out(tmp_path):
 def test_evaluate_resumes_its_own_run_and_refuses_another(demo_data, tmp_path):
     from jobs.evaluate import EvaluateConfig, evaluate, results_fingerprint
 
-    cfg = load_config(CONFIGS / "evaluate-tiny.yaml", EvaluateConfig, {
-        "data.demo_dir": str(demo_data.root), "data.limit": 3, "build_tiny_model": False,
-        "output_dir": str(tmp_path / "eval")})
+    cfg = parse_config(apply_overrides(copy.deepcopy(EVALUATE), {
+        "data.demo_dir": str(demo_data.root), "data.limit": 3, "output_dir": str(tmp_path / "eval")}), EvaluateConfig)
     requests = cfg.data.load().requests(cfg.data.first_stage_depth)
     # a run that reranked every query (each list reversed) before it was stopped
     fingerprint.check_and_record(cfg.output_dir, "evaluate", results_fingerprint(cfg))
     storage.write_jsonl_atomic(str(tmp_path / "eval" / "parts" / "part-00000.jsonl"), [
         {"qid": r.query.qid, "docids": [c.docid for c in r.candidates][::-1], "windows": []} for r in requests])
 
-    other = load_config(CONFIGS / "evaluate-tiny.yaml", EvaluateConfig, {
-        "data.demo_dir": str(demo_data.root), "data.limit": 3, "build_tiny_model": False,
-        "output_dir": str(tmp_path / "eval"), "engine.model": "outputs/another-model", "strategy.window_size": 6})
+    other = parse_config(apply_overrides(copy.deepcopy(EVALUATE), {
+        "data.demo_dir": str(demo_data.root), "data.limit": 3, "output_dir": str(tmp_path / "eval"),
+        "engine.model": "outputs/another-model", "strategy.window_size": 6}), EvaluateConfig)
     with pytest.raises(FingerprintMismatch) as refused:
         evaluate(other)
     assert "engine.model" in str(refused.value) and "strategy.window_size: 10 → 6" in str(refused.value)
