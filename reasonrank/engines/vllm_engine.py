@@ -12,6 +12,7 @@ learner can instead broadcast over NCCL (`init_broadcast_group` + `update_weight
 """
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 import uuid
@@ -184,8 +185,16 @@ class VLLMEngine(Engine):
         """
         llm = self.__dict__.pop("_llm", None)
         if llm is not None:
+            self._loop.run(_stop_output_handler(llm))  # else it reports the stopped core as a failure
             llm.shutdown(timeout=timeout_s)
         self._loop.close()
+
+
+async def _stop_output_handler(llm: Any) -> None:
+    handler = getattr(llm, "output_handler", None)
+    if handler is not None and not handler.done():
+        handler.cancel()
+        await asyncio.gather(handler, return_exceptions=True)
 
 
 async def _start(async_llm: Any, args: Any) -> Any:
