@@ -16,13 +16,12 @@ folded into the same term). All five values are configurable.
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Collection, Sequence
 
 from reasonrank.config import Strict
 from reasonrank.elimination import parse_elimination
+from reasonrank.parsing import THINK_THEN_ANSWER
 
-_STRUCTURE = re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.DOTALL)
 _TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 
 
@@ -36,7 +35,7 @@ class EliminationRewardWeights(Strict):
 
 def has_elimination_format(response: str) -> bool:
     """`<think>…</think><answer>…</answer>` and nothing else around it, each tag exactly once."""
-    return (_STRUCTURE.fullmatch(response.strip()) is not None
+    return (THINK_THEN_ANSWER.fullmatch(response.strip()) is not None
             and all(response.count(tag) == 1 for tag in _TAGS))
 
 

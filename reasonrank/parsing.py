@@ -13,7 +13,8 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-_THINK_THEN_ANSWER = re.compile(r"<think>.*?</think>\s*<answer>(?P<answer>.*?)</answer>", re.DOTALL)
+# The model's format, `<think>…</think>` then `<answer>…</answer>`: the one pattern every reader of it uses.
+THINK_THEN_ANSWER = re.compile(r"<think>.*?</think>\s*<answer>(?P<answer>.*?)</answer>", re.DOTALL)
 _ANSWER_OPEN = "<answer>"
 _ANSWER_CLOSE = "</answer>"
 _ID = re.compile(r"\[\s*(\d+)\s*\]")
@@ -33,13 +34,13 @@ def _normalise_digits(text: str) -> str:
 
 def has_think_then_answer(response: str) -> bool:
     """Whether the response is structured: `<think>…</think>` followed by `<answer>…</answer>`."""
-    return _THINK_THEN_ANSWER.search(response) is not None
+    return THINK_THEN_ANSWER.search(response) is not None
 
 
 def extract_answer(response: str) -> str | None:
     """The answer text: the one after `</think>` when the response is structured, else the first
     `<answer>` section; None when the response has none."""
-    structured = _THINK_THEN_ANSWER.search(response)
+    structured = THINK_THEN_ANSWER.search(response)
     if structured:
         return structured.group("answer")
     start = response.find(_ANSWER_OPEN)
