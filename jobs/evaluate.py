@@ -16,7 +16,6 @@ import dataclasses
 import json
 import logging
 import os
-import tempfile
 from typing import Any
 
 from pydantic import Field
@@ -178,10 +177,8 @@ def _report(cfg: EvaluateConfig, requests: list[RerankRequest], done: dict[str, 
     storage.write_jsonl_atomic(storage.join(out, "windows.jsonl"), windows)
     storage.write_text_atomic(storage.join(out, "metrics.json"), json.dumps(summary, indent=2))
     columns = {"first stage": summary["before"], "reranked": summary["after"]}
-    with tempfile.TemporaryDirectory() as tmp:
-        png = plot_metrics(columns, REPORTED, os.path.join(tmp, "metrics.png"),
-                           f"{cfg.strategy.name} · {os.path.basename(cfg.engine.model.rstrip('/'))}")
-        storage.put_file(str(png), storage.join(out, "metrics.png"))
+    with storage.writing(storage.join(out, "metrics.png")) as png:
+        plot_metrics(columns, REPORTED, png, f"{cfg.strategy.name} · {os.path.basename(cfg.engine.model.rstrip('/'))}")
     print(metrics_table(columns, REPORTED))
     print(f"well-formed windows: {summary['well_formed_rate']:.1%} of {summary['windows']}; outputs in {out}")
     if compared:
@@ -194,10 +191,8 @@ def _as_scores(rankings: dict[str, list[str]]) -> dict[str, dict[str, float]]:
 
 
 def _write_run(path: str, rankings: dict[str, list[str]], tag: str) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        local = os.path.join(tmp, "run.trec")
+    with storage.writing(path) as local:
         write_run(local, rankings, tag=tag)
-        storage.put_file(local, path)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import statistics
-import tempfile
 import time
 from typing import Any, Literal
 
@@ -377,13 +376,11 @@ class GRPOTrainer:
         out = self.cfg.output_dir
         storage.write_jsonl_atomic(storage.join(out, "metrics.jsonl"), self.history)
         storage.write_jsonl_atomic(storage.join(out, "evals.jsonl"), self.evals)
-        with tempfile.TemporaryDirectory() as tmp:
-            png = plot_reward_curve([m["weights_version"] for m in self.history],
-                                    [m["reward_mean"] for m in self.history],
-                                    [m["reward_std"] for m in self.history], [e["step"] for e in self.evals],
-                                    [e["reward_mean"] for e in self.evals], os.path.join(tmp, "reward_curve.png"),
-                                    f"GRPO · {os.path.basename(self.cfg.model.rstrip('/'))}")
-            storage.put_file(str(png), storage.join(out, "reward_curve.png"))
+        with storage.writing(storage.join(out, "reward_curve.png")) as png:
+            plot_reward_curve([m["weights_version"] for m in self.history], [m["reward_mean"] for m in self.history],
+                              [m["reward_std"] for m in self.history], [e["step"] for e in self.evals],
+                              [e["reward_mean"] for e in self.evals], png,
+                              f"GRPO · {os.path.basename(self.cfg.model.rstrip('/'))}")
         summary = {"steps": self.step, "resumed_from": resumed_from, "model": self.cfg.model,
                    "eval_before": self.evals[0] if self.evals else None,
                    "eval_after": self.evals[-1] if self.evals else None,

@@ -292,10 +292,9 @@ def _summary(cfg: SFTConfig, plan: TrainPlan, samples: int, run_dir: str, result
 
     history = list(storage.read_jsonl(storage.join(cfg.output_dir, "history.jsonl")))
     steps = [r["step"] for r in history]
-    with tempfile.TemporaryDirectory() as tmp:
-        png = plot_curve(steps, {"loss": [r["loss"] for r in history]}, os.path.join(tmp, "loss_curve.png"),
-                         f"SFT loss · {os.path.basename(cfg.model.path.rstrip('/'))}")
-        storage.put_file(str(png), storage.join(cfg.output_dir, "loss_curve.png"))
+    with storage.writing(storage.join(cfg.output_dir, "loss_curve.png")) as png:
+        plot_curve(steps, {"loss": [r["loss"] for r in history]}, png,
+                   f"SFT loss · {os.path.basename(cfg.model.path.rstrip('/'))}")
     last = (result.metrics or {}) if result is not None else {}
     summary = {
         "model": storage.join(cfg.output_dir, "final"),

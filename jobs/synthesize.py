@@ -28,8 +28,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -280,10 +278,8 @@ def _plot_per_domain(per_domain: dict[str, dict[str, int]], path: str, alpha: fl
     ax.set_title(f"self-consistency filter (NDCG@10 >= {alpha})")
     ax.legend(fontsize="small")
     fig.tight_layout()
-    with tempfile.TemporaryDirectory() as tmp:
-        local = os.path.join(tmp, "plot.png")
+    with storage.writing(path) as local:
         fig.savefig(local, dpi=110)
-        storage.put_file(local, path)
     plt.close(fig)
 
 

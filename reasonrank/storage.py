@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import IO, Any
 
 import fsspec
@@ -84,6 +85,19 @@ def location(path: str) -> str:
 def same_location(a: str, b: str) -> bool:
     """Whether `a` and `b` name the same file or folder (`data/rl.parquet`, `./data/../data/rl.parquet`, …)."""
     return location(a) == location(b)
+
+
+@contextmanager
+def writing(path: str) -> Iterator[str]:
+    """A local file to write what belongs at `path` (a local path or a URI): written in a temporary folder,
+    put at `path` when the block ends without an error. For writers that need a local file (plots, TREC)."""
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, path.rstrip("/").rsplit("/", 1)[-1])
+        yield local
+        put_file(local, path)
 
 
 def is_local(path: str) -> bool:

@@ -245,3 +245,21 @@ def test_bm25_is_misled_on_the_demo_but_the_task_has_signal(demo_data):
     assert 0.25 <= bm25_ndcg <= 0.55
     assert oracle_ndcg == pytest.approx(1.0)  # every relevant passage is among the candidates
     assert heuristic_ndcg > bm25_ndcg + 0.3
+
+
+def test_writing_puts_a_local_file_at_a_uri_only_when_the_block_succeeds():
+    import fsspec
+
+    from reasonrank import storage
+
+    fs = fsspec.filesystem("memory")
+    with storage.writing("memory://out/plot.png") as local:
+        assert local.endswith("plot.png")
+        with open(local, "wb") as f:
+            f.write(b"\x89PNG")
+    assert fs.cat("/out/plot.png") == b"\x89PNG"
+    with pytest.raises(RuntimeError), storage.writing("memory://out/half.trec") as local:
+        open(local, "w").write("q1 Q0 d1 1 1.0 x\n")
+        raise RuntimeError("the writer failed")
+    assert not fs.exists("/out/half.trec")
+    fs.rm("/out", recursive=True)
