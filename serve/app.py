@@ -49,7 +49,7 @@ from serve.errors import ServeError
 from serve.metrics import RerankMetrics
 from serve.ranking import DocumentRanking, rank_documents
 from serve.responses import cohere_response, jina_response, native_response
-from serve.schema import CohereV1Request, CohereV2Request, JinaRequest, NativeRequest
+from serve.schema import CohereRequest, JinaRequest, NativeRequest
 
 logger = logging.getLogger("ray.serve")
 
@@ -149,12 +149,12 @@ class Reranker:
 
     @api.post("/v1/rerank")
     async def cohere_v1(self, request: Request) -> JSONResponse:
-        return await self._answer(request, "cohere_v1", CohereV1Request,
+        return await self._answer(request, "cohere_v1", CohereRequest,
                                   lambda rid, body, _, ranking: cohere_response(rid, body, ranking, "1"))
 
     @api.post("/v2/rerank")
     async def cohere_v2(self, request: Request) -> JSONResponse:
-        return await self._answer(request, "cohere_v2", CohereV2Request,
+        return await self._answer(request, "cohere_v2", CohereRequest,
                                   lambda rid, body, _, ranking: cohere_response(rid, body, ranking, "2"))
 
     @api.post("/rerank")

@@ -67,12 +67,11 @@ class CompatibleRequest(_Request):
     top_n: int | None = Field(None, ge=1)
 
 
-class CohereV1Request(CompatibleRequest):
+class CohereRequest(CompatibleRequest):
+    """Cohere rerank v1 and v2 (one body: v2 dropped `return_documents`, kept here so v2 clients can still ask
+    for the text)."""
+
     return_documents: bool = False
-
-
-class CohereV2Request(CompatibleRequest):
-    return_documents: bool = False  # not in Cohere v2; kept so v2 clients can still ask for the text
 
 
 class JinaRequest(CompatibleRequest):

@@ -13,7 +13,7 @@ from reasonrank.parsing import extract_answer
 from serve.errors import validation_message
 from serve.config import ServeConfig
 from serve.ranking import relevance_score, window_reasoning
-from serve.schema import CohereV1Request, NativeRequest
+from serve.schema import CohereRequest, NativeRequest
 
 
 def test_relevance_score_strictly_decreasing_in_unit_interval():
@@ -39,7 +39,7 @@ def test_window_answer_comes_from_the_parser():
 
 def test_limit_named_in_validation_message():
     with pytest.raises(ValidationError) as e:
-        CohereV1Request.model_validate({"query": "q", "documents": ["a"] * 4}, context={"max_documents": 3})
+        CohereRequest.model_validate({"query": "q", "documents": ["a"] * 4}, context={"max_documents": 3})
     assert validation_message(e.value) == "documents: 4 documents is more than the limit of 3 per request " \
                                           "(limits.max_documents)"
 
