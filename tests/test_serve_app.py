@@ -13,7 +13,6 @@ import os
 import re
 import secrets
 import signal
-import statistics
 import threading
 import time
 from pathlib import Path
@@ -62,7 +61,7 @@ def service(ray_cluster, tiny_model_dir):
         "model_name": "tiny-test", "engine.model": str(tiny_model_dir), "build_tiny_model_from": None,
         "strategy": {"name": "sliding_window", "window_size": WINDOW, "step": STEP, "depth": DEPTH,
                      "passage_max_tokens": 32},
-        "sampling.max_new_tokens": 16, "batching.batch_wait_timeout_s": 0.02,
+        "sampling.max_new_tokens": 16,
         "limits": {"max_documents": MAX_DOCUMENTS, "max_body_bytes": MAX_BODY_BYTES, "request_timeout_s": 60},
         "deployment.health_check_period_s": 1, "deployment.graceful_shutdown_timeout_s": 30,
         "auth_token_env": TOKEN_ENV,
@@ -101,7 +100,8 @@ def _metric(name: str) -> float:
 
 def test_health_and_models(service):
     health = service.get("/health")  # no token needed: load balancers and probes call it
-    assert health.status_code == 200 and health.json() == {"status": "ready", "model": "tiny-test"}
+    assert health.status_code == 200
+    assert health.json()["status"] == "ready" and health.json()["model"] == "tiny-test"
     models = service.get("/v1/models", headers=AUTH)
     assert models.status_code == 200
     assert [m["id"] for m in models.json()["data"]] == ["tiny-test"]
@@ -274,52 +274,28 @@ def test_concurrent_requests_share_engine_calls(service):
             return await asyncio.gather(*(one(client, i) for i in range(6)))
 
     bodies = asyncio.run(all_at_once())
-    # Windows of different requests rode in the same engine call: nobody queued behind another's windows.
-    assert max(w["batch_size"] for b in bodies for w in b["windows"]) > 1
+    # Windows of different requests were in the engine together: nobody queued behind another's windows.
+    assert max(w["in_flight"] for b in bodies for w in b["windows"]) > 1
 
 
-def test_bounded_load(service):
-    requests, clients = 16, 4
-    latencies: list[float] = []
-    statuses: list[int] = []
-
-    async def client_loop(client, n):
-        for i in range(n):
-            start = time.perf_counter()
-            r = await client.post("/v1/rerank", json={"query": f"{QUERY} {i}", "documents": DOCS, "top_n": 3},
-                                  headers=AUTH)
-            latencies.append(time.perf_counter() - start)
-            statuses.append(r.status_code)
-
-    async def run():
-        async with httpx.AsyncClient(base_url=service.base_url, timeout=60) as client:
-            await asyncio.gather(*(client_loop(client, requests // clients) for _ in range(clients)))
-
-    started = time.perf_counter()
-    asyncio.run(run())
-    wall = time.perf_counter() - started
-    assert statuses == [200] * requests
-    quantiles = statistics.quantiles(latencies, n=100)
-    print(f"\nload: {requests} requests, {clients} clients, {requests / wall:.1f} req/s, "
-          f"p50 {quantiles[49] * 1000:.0f} ms, p99 {quantiles[98] * 1000:.0f} ms")
-
-
-def test_window_the_engine_rejects_fails_only_its_own_request(service):
-    # Four documents of thousands of tokens, kept whole: one window longer than the model's context.
+def test_a_window_longer_than_the_context_is_cut_to_fit_and_the_replica_stays_healthy(service):
+    # Four documents of thousands of tokens, their budget raised past the model's context (4096 tokens).
     huge = [" ".join(f"w{j}x{i}" for j in range(1500)) for i in range(4)]
 
     async def together():
         async with httpx.AsyncClient(base_url=service.base_url, timeout=60) as client:
-            bad = client.post("/native/rerank", json={"query": QUERY, "documents": huge, "max_tokens_per_doc": 4000},
-                              headers=AUTH)
-            good = [client.post("/native/rerank", json={"query": f"{QUERY} {i}", "documents": DOCS[:DEPTH]},
-                                headers=AUTH) for i in range(3)]
-            return await asyncio.gather(bad, *good)
+            long = client.post("/native/rerank", json={"query": QUERY, "documents": huge, "max_tokens_per_doc": 4000},
+                               headers=AUTH)
+            others = [client.post("/native/rerank", json={"query": f"{QUERY} {i}", "documents": DOCS[:DEPTH]},
+                                  headers=AUTH) for i in range(3)]
+            return await asyncio.gather(long, *others)
 
-    bad, *good = asyncio.run(together())
-    assert bad.status_code == 503 and "context length" in bad.json()["message"], bad.text
-    assert [r.status_code for r in good] == [200, 200, 200]  # their windows shared the failed call, then not
-    assert service.get("/health").status_code == 200  # the engine answers: the replica stays
+    long, *others = asyncio.run(together())
+    assert long.status_code == 200, long.text
+    # cut to the context (max_model_len 4096), the answer's 16 tokens (max_new_tokens) left free
+    assert all(3000 < w["prompt_tokens"] <= 4096 - 16 for w in long.json()["windows"]), long.json()["windows"]
+    assert [r.status_code for r in others] == [200, 200, 200]
+    assert service.get("/health").status_code == 200  # nothing failed: the replica is not suspect
 
 
 # ---- faults that replace or stop the replica (keep these last) -------------------------------------------
