@@ -204,6 +204,14 @@ def results_fingerprint(cfg: GRPOConfig) -> dict[str, Any]:
         "reference.offload", "learner.gradient_checkpointing", "learner.deepspeed.offload_*"))
 
 
+def rollout_params(cfg: GRPOConfig, step: int) -> SamplingParams:
+    """How step `step` samples: G responses per prompt at the rollout temperature, with seeds of its own."""
+    a = cfg.algorithm
+    return SamplingParams(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                          max_new_tokens=cfg.rollout.max_new_tokens, n=a.group_size,
+                          seed=step_seed(cfg.seed, step, a.prompts_per_step * a.group_size), logprobs=True)
+
+
 class GRPOTrainer:
     """The actors of one GRPO run and the loop that drives them."""
 
@@ -288,9 +296,7 @@ class GRPOTrainer:
         cfg, a = self.cfg, self.cfg.algorithm
         started = time.perf_counter()
         samples = [self.rl_set[i] for i in self.sampler.next_indices(a.prompts_per_step)]
-        params = SamplingParams(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                                max_new_tokens=cfg.rollout.max_new_tokens, n=a.group_size,
-                                seed=step_seed(cfg.seed, self.step, a.prompts_per_step * a.group_size), logprobs=True)
+        params = rollout_params(cfg, self.step)
         t0 = time.perf_counter()
         rollouts = self.rollouts.generate(samples, params, self.sync.version, self.sync.refresh)
         t1 = time.perf_counter()

@@ -121,15 +121,31 @@ def test_shipped_sft_configs_validate(name):
     assert cfg.train.checkpoint_every >= 1 and cfg.scaling.num_workers >= 1
 
 
-def test_paper_profiles_follow_the_paper():
+def test_paper_profiles_train_as_the_paper_did(tiny_model_dir):
+    """What the paper's profiles hand DeepSpeed: ZeRO-3 in bf16 at lr 5e-6, and the 32B profile trains LoRA
+    adapters of rank 32 and nothing else."""
     from jobs.sft_config import SFTConfig
 
     full = load_config(REPO / "configs" / "sft-qwen2.5-7b.yaml", SFTConfig)
-    assert (full.optimizer.lr, full.optimizer.schedule, full.optimizer.warmup_ratio) == (5e-6, "cosine", 0.1)
-    assert full.deepspeed.zero_stage == 3 and full.deepspeed.precision == "bf16" and full.model.lora is None
-    assert full.data.max_seq_len >= 20_000 and full.scaling.use_gpu
-    lora = load_config(REPO / "configs" / "sft-qwen2.5-32b-lora.yaml", SFTConfig)
-    assert lora.model.lora is not None and lora.model.lora.r == 32
+    ds = build_ds_config(full.deepspeed, full.optimizer, micro_batch_size=full.train.micro_batch_size,
+                         grad_accum=full.train.grad_accum, world_size=8)
+    assert ds["zero_optimization"]["stage"] == 3 and ds["bf16"]["enabled"] is True
+    assert ds["optimizer"]["params"]["lr"] == 5e-6
+    assert (full.optimizer.schedule, full.optimizer.warmup_ratio) == ("cosine", 0.1) and full.model.lora is None
+    assert full.data.max_seq_len >= 20_000 and full.scaling.use_gpu  # the paper's ~23K-token samples fit
+
+    from reasonrank.training.config import ModelConfig
+    from reasonrank.training.deepspeed_engine import load_causal_lm
+
+    lora = load_config(REPO / "configs" / "sft-qwen2.5-32b-lora.yaml", SFTConfig).model.lora
+    stage0 = build_ds_config(DeepSpeedConfig(zero_stage=0, precision="fp32"), OptimizerConfig(), micro_batch_size=1,
+                             grad_accum=1, world_size=1)
+    adapted = load_causal_lm(ModelConfig(path=str(tiny_model_dir), lora=lora), stage0).model  # the tiny Qwen2
+    assert adapted.peft_config["default"].r == 32
+    trainable = {n for n, p in adapted.named_parameters() if p.requires_grad}
+    projections = {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in trainable}
+    assert projections == set(lora.target_modules)  # adapters on every attention and MLP projection …
+    assert all("lora_" in n for n in trainable)  # … and nothing else trains
 
 
 def test_a_misspelled_key_is_named(tmp_path):
