@@ -61,13 +61,14 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
 
     from actors.engine_pool import EnginePool
 
+    if cfg.build_tiny_model:
+        _ensure_tiny_model(cfg)
+    cfg = cfg.model_copy(update={"strategy": cfg.strategy.for_model(cfg.engine.model, log)})
     dataset = cfg.data.load()
     depth = cfg.strategy.depth or cfg.data.first_stage_depth
     requests = dataset.requests(cfg.data.first_stage_depth)
     baseline = _read_baseline(cfg.baseline_run, [r.query.qid for r in requests]) if cfg.baseline_run else None
     fingerprint.check_and_record(cfg.output_dir, "evaluate", results_fingerprint(cfg))
-    if cfg.build_tiny_model:
-        _ensure_tiny_model(cfg)
     parts_dir = storage.join(cfg.output_dir, "parts")
     done = _load_parts(parts_dir)
     todo = [r for r in requests if r.query.qid not in done]

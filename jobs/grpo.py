@@ -31,7 +31,7 @@ from pydantic import Field, model_validator
 
 from jobs.common import init_ray, main
 from reasonrank import fingerprint, storage
-from reasonrank.config import DataConfig, EngineConfig, Strict, load_config
+from reasonrank.config import DataConfig, EngineConfig, PromptConfig, Strict, load_config, save_prompt
 from reasonrank.data.training_sets import RLSample
 from reasonrank.engines.base import SamplingParams
 from reasonrank.reward import RewardWeights
@@ -290,6 +290,7 @@ class GRPOTrainer:
             self.evaluate()
         if cfg.export:
             self.learners.export(storage.join(cfg.output_dir, "final"))
+            save_prompt(storage.join(cfg.output_dir, "final"), self.trained_prompt())
         return self.write_reports(resumed_from=resumed)
 
     def train_step(self) -> dict[str, Any]:
@@ -341,6 +342,11 @@ class GRPOTrainer:
         log.info("eval at step %d: reward %.3f, well-formed %.0f%%, window NDCG@10 %.3f", self.step,
                  result["reward_mean"], 100 * result["well_formed"], result["ndcg"])
         return result
+
+    def trained_prompt(self) -> PromptConfig:
+        """The prompt settings the policy was trained with: passages per RL row, the rollouts' passage budget."""
+        return PromptConfig(window_size=max(len(r.docids) for r in self.rl_set),
+                            passage_max_tokens=self.cfg.rollout.passage_max_tokens)
 
     # --- checkpoints ------------------------------------------------------------------------------------------
 

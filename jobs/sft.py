@@ -35,7 +35,7 @@ from fsspec.implementations.local import LocalFileSystem
 from jobs.common import init_ray, main
 from jobs.sft_config import SFTConfig, SFTDataConfig
 from reasonrank import fingerprint, storage
-from reasonrank.config import load_config
+from reasonrank.config import load_config, save_prompt
 from reasonrank.training.sft_loop import MicroBatch, TrainPlan, TrainState
 
 log = logging.getLogger("jobs.sft")
@@ -81,6 +81,7 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
         dataset_config=ray.train.DataConfig(execution_options=ingest, enable_shard_locality=False),
     )
     result = trainer.fit()
+    save_prompt(storage.join(cfg.output_dir, "final"), cfg.data.trained_prompt())
     return _summary(cfg, plan, kept, run_dir, result)
 
 

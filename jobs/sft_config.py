@@ -5,19 +5,18 @@ from typing import Literal
 
 from pydantic import Field
 
-from reasonrank.config import Strict
+from reasonrank.config import PromptConfig, Strict
 from reasonrank.training.config import DeepSpeedConfig, ModelConfig, OptimizerConfig
 
 
-class DemoSetConfig(Strict):
-    """Build the SFT set from the demo dataset's labels (no teacher) when `data.path` does not exist yet."""
+class DemoSetConfig(PromptConfig):
+    """Build the SFT set from the demo dataset's labels (no teacher) when `data.path` does not exist yet, with
+    the prompt settings (window_size, passage_max_tokens) the trained model will carry."""
 
     demo_dir: str = "outputs/demo"
     depth: int = Field(20, ge=1)  # first-stage candidates per query
-    window_size: int = Field(10, ge=1)  # as the evaluation's sliding window
     step: int = Field(5, ge=1)
     shuffled_windows: int = Field(3, ge=0)  # extra windows of shuffled candidates per query
-    passage_max_tokens: int | None = 64
     seed: int = 0
 
 
@@ -28,6 +27,12 @@ class SFTDataConfig(Strict):
     shuffle_buffer_rows: int = Field(10_000, ge=0)  # per-epoch shuffle within each worker; 0: file order
     tokenize_batch_rows: int = Field(64, ge=1)
     demo: DemoSetConfig | None = None
+    # The prompt settings the set was built with (the synthesis job's list_size and passage budget), carried by
+    # the exported model; with `demo`, the demo set's own.
+    prompt: PromptConfig = PromptConfig()
+
+    def trained_prompt(self) -> PromptConfig:
+        return (self.demo or self.prompt).prompt()
 
 
 class LoopConfig(Strict):

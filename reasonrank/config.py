@@ -60,13 +60,50 @@ class SamplingConfig(Strict):
         return SamplingParams(**{**self.model_dump(), **overrides})
 
 
-class StrategyConfig(Strict):
-    name: Literal["sliding_window", "one_shot", "iterative_elimination"] = "sliding_window"
+PROMPT_FILE = "reasonrank_prompt.json"  # beside an exported model's weights: the prompt it was trained with
+
+
+class PromptConfig(Strict):
+    """The listwise prompt's settings, declared once: how many passages a prompt holds and how many tokens each
+    passage keeps. Every stage that builds the prompt composes this piece (the strategy, the demo SFT set, the
+    teacher, GRPO's rollouts), and an exported model carries the values it was trained with (`PROMPT_FILE`),
+    which evaluate and serve take unless their config sets its own."""
+
     window_size: int = Field(20, ge=1)
+    passage_max_tokens: int | None = Field(512, ge=1)  # 512 reasoning-intensive, 100 web/BEIR, None: no cut
+
+    def prompt(self) -> "PromptConfig":
+        """Just the prompt settings of a config that composes them."""
+        return PromptConfig(**{k: getattr(self, k) for k in PromptConfig.model_fields})
+
+
+def save_prompt(model_dir: str, prompt: PromptConfig) -> None:
+    """Record beside an exported model the prompt settings it was trained with."""
+    from reasonrank import storage
+
+    storage.write_text_atomic(storage.join(model_dir, PROMPT_FILE), prompt.prompt().model_dump_json(indent=1))
+
+
+def model_prompt(model: str) -> PromptConfig | None:
+    """The prompt settings `model` (a folder or URI) was trained with; None when it carries none (a hub id, a
+    model exported before models carried them)."""
+    from reasonrank import storage
+
+    path = storage.join(model, PROMPT_FILE)
+    try:
+        if not storage.exists(path):
+            return None
+        with storage.open_file(path) as f:
+            return PromptConfig.model_validate_json(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+class StrategyConfig(PromptConfig):
+    name: Literal["sliding_window", "one_shot", "iterative_elimination"] = "sliding_window"
     step: int = Field(10, ge=1)
     depth: int | None = Field(100, ge=1)  # rerank the top-k of the first stage
     stop_at: int = Field(1, ge=1)  # iterative_elimination: stop when this many remain, keeping their order
-    passage_max_tokens: int | None = 512  # 512 reasoning-intensive, 100 web/BEIR, None: no cut
 
     @model_validator(mode="after")
     def _step_within_window(self) -> "StrategyConfig":
@@ -74,6 +111,23 @@ class StrategyConfig(Strict):
             raise ValueError(f"step ({self.step}) must not exceed window_size ({self.window_size}): "
                              "passages between windows would never be ranked")
         return self
+
+    def for_model(self, model: str, log: Any) -> "StrategyConfig":
+        """This strategy with the prompt settings `model` was trained with, where this config does not set
+        them itself; each setting the config overrides, and differs from the model's, is logged."""
+        trained = model_prompt(model)
+        if trained is None:
+            return self
+        update = {}
+        for key, value in trained.model_dump().items():
+            if key not in self.model_fields_set:
+                update[key] = value
+            elif getattr(self, key) != value:
+                log.warning("strategy.%s = %s overrides the %s that %s was trained with", key, getattr(self, key),
+                            value, model)
+        if update:
+            log.info("prompt settings from %s: %s", model, update)
+        return self.model_validate({**self.model_dump(exclude_unset=True), **update})
 
     def build(self):
         from reasonrank.strategies import build_strategy

@@ -52,3 +52,36 @@ def test_step_larger_than_window_is_refused(tmp_path):
     p.write_text("strategy:\n  window_size: 10\n  step: 15\n")
     with pytest.raises(ConfigError, match="step .15. must not exceed window_size"):
         load_config(p, EvaluateConfig)
+
+
+# ---- the prompt settings a model carries ------------------------------------------------------------------
+
+def test_a_strategy_takes_the_prompt_settings_its_model_was_trained_with(tmp_path, caplog):
+    import logging
+
+    from reasonrank.config import PromptConfig, StrategyConfig, model_prompt, save_prompt
+
+    model = str(tmp_path / "final")
+    assert model_prompt(model) is None and StrategyConfig(step=5).for_model(model, logging.getLogger("t")) == \
+        StrategyConfig(step=5)  # a model without the file: the config as it is
+    save_prompt(model, PromptConfig(window_size=7, passage_max_tokens=33))
+    assert model_prompt(model) == PromptConfig(window_size=7, passage_max_tokens=33)
+    log = logging.getLogger("test.prompt")
+    with caplog.at_level(logging.INFO, logger="test.prompt"):
+        unset = StrategyConfig(step=5).for_model(model, log)
+        assert (unset.window_size, unset.passage_max_tokens, unset.step) == (7, 33, 5)
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+        overridden = StrategyConfig(window_size=10, step=5).for_model(model, log)
+    assert (overridden.window_size, overridden.passage_max_tokens) == (10, 33)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned == [f"strategy.window_size = 10 overrides the 7 that {model} was trained with"]
+
+
+def test_every_stage_composes_the_one_prompt_piece():
+    from jobs.sft_config import DemoSetConfig
+    from reasonrank.config import PromptConfig, StrategyConfig
+
+    for model in (StrategyConfig, DemoSetConfig):
+        assert issubclass(model, PromptConfig)
+        assert {k: repr(model.model_fields[k]) for k in PromptConfig.model_fields} == \
+            {k: repr(f) for k, f in PromptConfig.model_fields.items()}  # declared once, not again

@@ -116,3 +116,20 @@ def test_synthesize_refuses_labels_of_another_teacher(demo_data, tmp_path):
         synthesize(other)
     assert json.loads((tmp_path / "synth" / "fingerprint.json").read_text())["stage"] == "synthesize"
     assert sorted(p.name for p in (tmp_path / "synth").iterdir()) == ["fingerprint.json"]
+
+
+def test_evaluate_ranks_with_the_prompt_its_model_carries(demo_data, tmp_path):
+    from jobs.evaluate import EvaluateConfig, evaluate
+    from reasonrank.config import PromptConfig, save_prompt
+
+    model = str(tmp_path / "sft" / "final")
+    save_prompt(model, PromptConfig(window_size=6, passage_max_tokens=48))
+    cfg = parse_config({"strategy": {"step": 5, "depth": 20}, "engine": {"model": model},
+                        "data": {"demo_dir": str(demo_data.root), "limit": 2}, "output_dir": str(tmp_path / "eval")},
+                       EvaluateConfig)
+    storage.write_jsonl_atomic(str(tmp_path / "eval" / "parts" / "part-00000.jsonl"), [
+        {"qid": r.query.qid, "docids": [c.docid for c in r.candidates], "windows": []}
+        for r in cfg.data.load().requests(cfg.data.first_stage_depth)])
+    evaluate(cfg)
+    used = json.loads((tmp_path / "eval" / "fingerprint.json").read_text())["fingerprint"]
+    assert (used["strategy.window_size"], used["strategy.passage_max_tokens"]) == (6, 48)
