@@ -1,13 +1,15 @@
 """The learner group: one Ray actor per DeepSpeed data-parallel rank, together one ZeRO process group
-(gloo on CPUs, NCCL on GPUs), placed as a PACKed placement group apart from the rollout engines.
+(gloo on CPUs, NCCL on GPUs), in a STRICT_PACK placement group (one node) apart from the rollout engines.
 
     driver ──train_step(shard_r, ref_logprobs_r)──▶ Learner rank r   (r = 0 … N-1, one process group)
             ◀── loss / KL / clip / grad-norm stats ──   forward → GRPO loss → backward → ZeRO step
 
 Each rank trains on its interleaved share of the step's rollouts: micro-batches of `micro_batch_size`
 responses, `grad_accum` of them per optimizer step, `updates_per_step` optimizer steps per rollout batch
-(more than one makes the PPO ratio and its clipping bite). The loss is aggregated within a micro-batch;
-DeepSpeed then averages micro-batches and ranks (as OpenRLHF does), so "token-mean" is exact per micro-batch. The reference policy is colocated in every rank
+(more than one makes the PPO ratio and its clipping bite). DeepSpeed averages the micro-batch losses and the
+ranks' gradients; "token-mean" divides each micro-batch's token sum by the update's response tokens on all
+ranks (one all-reduce) over that count of micro-batches, so it is the mean over the update's tokens, as
+verl's token-mean is. The reference policy is colocated in every rank
 or, with `reference="actor"`, its log-probabilities come from `actors/reference.py` with the shard.
 Model loading, the ZeRO config, checkpoints and the Hugging Face export are the shared training code in
 `reasonrank/training/`, the same the SFT job uses.
@@ -16,9 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import socket
-import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -31,12 +31,13 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors import sharding
 from reasonrank import storage
-from reasonrank.rl.batch import pack, pad_right, response_logprobs
+from reasonrank.rl.batch import TokenBatch, engine_logprob_gap, pack, pad_right, response_logits, token_logprobs
 from reasonrank.rl.losses import GRPOLoss
 from reasonrank.rl.reference import ReferencePolicy
 from reasonrank.rl.rollout import Rollout
 from reasonrank.training.checkpoint import load_training_state, save_training_state
 from reasonrank.training.config import DeepSpeedConfig, ModelConfig, OptimizerConfig
+from reasonrank.training.staging import staged
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class LearnerSpec:
     pad_id: int
     reference: Literal["colocated", "actor", "none"] = "colocated"
     reference_offload: bool = False
+    staging_dir: str | None = None  # where checkpoints for object storage are staged (None: the data volume)
 
 
 @ray.remote
@@ -122,10 +124,17 @@ class Learner:
             part = shard[lo: lo + spec.micro_batch_size]
             batch = pack([r.prompt_ids for r in part], [r.response_ids for r in part], spec.pad_id)
             micro.append((part, batch, lo))
+        tokens = self._token_mean_denominators([batch for _, batch, _ in micro])
+        # Training-inference mismatch: the engine's logprobs against the learner's, same weights and tokens.
+        gaps: list[float] = []
         old = None
         if spec.updates_per_step > 1:  # the ratio's denominator: the weights that sampled, before any update
+            old = []
             with torch.no_grad():
-                old = [response_logprobs(engine, b.to(engine.device), spec.temperature).cpu() for _, b, _ in micro]
+                for part, batch, _ in micro:
+                    logits = response_logits(engine, batch.to(engine.device))
+                    old.append(token_logprobs(logits, batch.response_ids.to(engine.device), spec.temperature).cpu())
+                    gaps.append(engine_logprob_gap(logits, batch, _engine_logprobs(part, batch.response_len)))
         totals: dict[str, float] = defaultdict(float)
         for i, (part, batch, lo) in enumerate(micro):
             width = batch.response_len
@@ -136,19 +145,20 @@ class Learner:
             else:
                 ref = None
             on_device = batch.to(engine.device)
-            logprobs = response_logprobs(engine, on_device, spec.temperature)
+            logits = response_logits(engine, on_device)
+            logprobs = token_logprobs(logits, on_device.response_ids, spec.temperature)
+            if old is None:
+                gaps.append(engine_logprob_gap(logits, batch, _engine_logprobs(part, width)))
             old_i = old[i].to(engine.device) if old is not None else logprobs.detach()
             advantages = torch.tensor([r.advantage for r in part], device=engine.device)
             loss, stats = spec.loss(logprobs, old_i, None if ref is None else ref.to(engine.device), advantages,
-                                    on_device.response_mask)
+                                    on_device.response_mask, tokens=tokens[i // spec.grad_accum])
             engine.backward(loss)
             engine.step()
             mask = batch.response_mask
             current = old_i.detach().cpu()
-            # Training-inference mismatch: the engine's logprobs against the learner's, same weights and tokens;
-            # next to it, how far the policy has moved from the reference in the same units.
-            rollout_lp = pad_right([r.rollout_logprobs for r in part], width)
-            stats["logprob_diff"] = _masked_mean((rollout_lp - current).abs(), mask)
+            stats["logprob_diff"] = gaps[i]
+            # how far the policy has moved from the reference, in the same units
             if ref is not None:
                 stats["ref_logprob_diff"] = _masked_mean((ref.cpu() - current).abs(), mask)
             for k, v in stats.items():
@@ -157,6 +167,20 @@ class Learner:
         totals["lr"] = engine.get_lr()[0]
         return dict(totals)
 
+    def _token_mean_denominators(self, batches: Sequence[TokenBatch]) -> list[float]:
+        """Per optimizer update, the response tokens of all its micro-batches on all ranks, divided by the
+        micro-batches DeepSpeed averages over (grad_accum per rank × ranks): with it each micro-batch's token
+        sum makes token_mean the mean over the update's tokens, not a mean of per-micro-batch means."""
+        import torch.distributed as dist
+
+        spec = self.spec
+        counts = torch.zeros(spec.updates_per_step, dtype=torch.float64, device=self.engine.device)
+        for i, batch in enumerate(batches):
+            counts[i // spec.grad_accum] += float(batch.response_mask.sum())
+        if dist.is_initialized():
+            dist.all_reduce(counts)  # on the engine's device: NCCL reduces CUDA tensors only
+        return (counts / (spec.grad_accum * self.world_size)).tolist()
+
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:
         """The full weights on rank 0 (ZeRO-3 gathers them: every rank must call), None elsewhere."""
         state = {name: t.detach().cpu().clone() for name, t in full_parameters(self) if self.rank == 0}
@@ -164,11 +188,12 @@ class Learner:
 
     def save(self, path: str, trainer_state: dict[str, Any]) -> None:
         """Model, optimizer, schedule and RNGs of this rank (collective) under `path` (folder or URI)."""
-        with _local_copy(path, upload=True) as local:
+        with staged(path, self.rank, self.spec.staging_dir, upload=True) as local:
             save_training_state(self.engine, local, trainer_state)
 
     def load(self, path: str) -> dict[str, Any]:
-        with _local_copy(path, download=True) as local:
+        """Fetches only the files this rank reads (see `reasonrank.training.staging`)."""
+        with staged(path, self.rank, self.spec.staging_dir, download=True) as local:
             return load_training_state(self.engine, local)
 
     def export(self, out: str) -> None:
@@ -203,40 +228,24 @@ def parameter_specs(learner: Learner) -> list[tuple[str, str, tuple[int, ...]]]:
             for name, p in engine.module.named_parameters()]
 
 
+def _engine_logprobs(part: Sequence[Rollout], width: int) -> torch.Tensor:
+    return pad_right([r.rollout_logprobs for r in part], width)
+
+
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
     return (values * mask).sum().item() / mask.sum().clamp(min=1).item()
-
-
-class _local_copy:
-    """A local folder standing for `path`: the path itself when local, else a temporary folder uploaded to
-    (or downloaded from) the URI. Each rank moves only the files it wrote."""
-
-    def __init__(self, path: str, upload: bool = False, download: bool = False):
-        self.fs, self.root = storage.filesystem(path)
-        self.remote = not storage.is_local(path)
-        self.upload, self.download = upload, download
-
-    def __enter__(self) -> str:
-        if not self.remote:
-            return self.root
-        self.tmp = tempfile.mkdtemp()
-        if self.download:
-            self.fs.get(self.root + "/", self.tmp + "/", recursive=True)
-        return self.tmp
-
-    def __exit__(self, *exc) -> None:
-        if self.remote:
-            if self.upload and exc[0] is None:
-                self.fs.put(self.tmp + "/", self.root + "/", recursive=True)
-            shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 class LearnerGroup:
     """The driver's handle on the N learner ranks: builds them, splits work, gathers statistics."""
 
-    def __init__(self, spec: LearnerSpec, replicas: int, num_cpus: float, num_gpus: float):
+    def __init__(self, spec: LearnerSpec, replicas: int, num_cpus: float, num_gpus: float,
+                 node_labels: dict[str, str] | None = None):
+        """All ranks on one node (STRICT_PACK: a ZeRO-3 group split over pods would all-gather over TCP), on a
+        node carrying `node_labels` when given (the learner role of the cluster manifests)."""
         bundle = {"CPU": num_cpus, **({"GPU": num_gpus} if num_gpus else {})}
-        self.placement = placement_group([bundle] * replicas, strategy="PACK")
+        self.placement = placement_group([bundle] * replicas, strategy="STRICT_PACK",
+                                         bundle_label_selector=[dict(node_labels)] * replicas if node_labels else None)
         ray.get(self.placement.ready())
         self.actors = [
             Learner.options(num_cpus=num_cpus, num_gpus=num_gpus, scheduling_strategy=PlacementGroupSchedulingStrategy(

@@ -27,7 +27,7 @@ from reasonrank import storage
 from reasonrank.config import EngineConfig
 from reasonrank.data.training_sets import RLSample
 from reasonrank.engines.base import SamplingParams
-from reasonrank.prompt import PassageTruncator, render
+from reasonrank.rl.prompt_fit import fit_prompt
 from reasonrank.rl.rollout import Rollout
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class RolloutWorker(EngineActor):
         config = EngineConfig.model_validate(engine)
         super().__init__(config.model_copy(update={"model": storage.local_dir(config.model)}))
         self.tokenizer = self.engine.tokenizer
-        self.truncate = PassageTruncator(self.tokenizer, passage_max_tokens)
+        self.passage_max_tokens = passage_max_tokens
 
     def weights_version(self) -> int:
         return self.engine.weights_version
@@ -52,9 +52,14 @@ class RolloutWorker(EngineActor):
 
     async def rollouts(self, samples: list[RLSample], groups: list[int], params: SamplingParams) -> list[Rollout]:
         """`params.n` rollouts per sample, prompt-major; `groups[i]` is sample i's index within the step."""
-        prompts = [s.messages(self.truncate) for s in samples]
-        generations = await asyncio.to_thread(self.engine.generate, prompts, params)
-        prompt_ids = [self.tokenizer(render(self.tokenizer, m), add_special_tokens=False)["input_ids"] for m in prompts]
+        limit = self.engine.config.max_model_len - params.max_new_tokens  # the response keeps its full room
+        fitted = [fit_prompt(s, self.tokenizer, self.passage_max_tokens, limit) for s in samples]
+        cut = [f"{s.id} (passages to {f.cut_to} tokens)" for s, f in zip(samples, fitted) if f.cut_to is not None]
+        if cut:
+            log.warning("%d prompt(s) longer than %d tokens (max_model_len − max_new_tokens) were cut to fit: %s",
+                        len(cut), limit, ", ".join(cut))
+        generations = await asyncio.to_thread(self.engine.generate, [f.messages for f in fitted], params)
+        prompt_ids = [f.ids for f in fitted]
         out = []
         for k, gen in enumerate(generations):
             i = k // params.n
@@ -62,7 +67,8 @@ class RolloutWorker(EngineActor):
                 raise RuntimeError(f"the engine saw {gen.prompt_tokens} prompt tokens for {samples[i].id}, the "
                                    f"tokenizer gives {len(prompt_ids[i])}: learner and engine would disagree")
             out.append(Rollout(samples[i].id, groups[i], prompt_ids[i], gen.token_ids, gen.logprobs, gen.text,
-                               gen.finish_reason, gen.extra["weights_version"], index=k % params.n))
+                               gen.finish_reason, gen.extra["weights_version"], index=k % params.n,
+                               passages_cut_to=fitted[i].cut_to))
         return out
 
     def __ray_shutdown__(self) -> None:  # graceful exit: stop the engine's processes with the actor
@@ -76,10 +82,12 @@ class RolloutGroup:
     MAX_REISSUES = 3  # per worker and call: a worker that stays stale after being updated is a bug, not bad luck
 
     def __init__(self, engine: EngineConfig, replicas: int, num_cpus: float, num_gpus: float,
-                 passage_max_tokens: int | None):
-        self.workers = [RolloutWorker.options(num_cpus=num_cpus, num_gpus=num_gpus).remote(engine.model_dump(),
-                                                                                           passage_max_tokens)
-                        for _ in range(replicas)]
+                 passage_max_tokens: int | None, node_labels: dict[str, str] | None = None):
+        """`node_labels`: run (and restart) the engines only on nodes carrying them (the rollout role of the
+        cluster manifests), so that they never take the GPUs of the learners' node."""
+        options = {"label_selector": dict(node_labels)} if node_labels else {}
+        self.workers = [RolloutWorker.options(num_cpus=num_cpus, num_gpus=num_gpus, **options).remote(
+            engine.model_dump(), passage_max_tokens) for _ in range(replicas)]
         self.restarts = 0
 
     def ready(self) -> list[ray.ObjectRef]:

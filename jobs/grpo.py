@@ -24,6 +24,7 @@ import logging
 import os
 import statistics
 import time
+import warnings
 from typing import Any, Literal
 
 import ray
@@ -69,6 +70,7 @@ class RolloutConfig(Strict):
     replicas: int = Field(1, ge=1)
     num_cpus: float = Field(1.0, gt=0)
     num_gpus: float = Field(0.0, ge=0)  # per replica: engine.tensor_parallel_size on GPU clusters
+    node_labels: dict[str, str] = {}  # engines only on nodes with these Ray labels (a KubeRay worker group)
     temperature: float = Field(1.0, gt=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(3072, ge=1)
@@ -79,6 +81,7 @@ class LearnerConfig(Strict):
     replicas: int = Field(1, ge=1)  # DeepSpeed data-parallel ranks
     num_cpus: float = Field(1.0, gt=0)
     num_gpus: float = Field(0.0, ge=0)
+    node_labels: dict[str, str] = {}  # all ranks on ONE node (strict packing) with these Ray labels
     micro_batch_size: int = Field(2, ge=1)  # responses per forward/backward
     gradient_checkpointing: bool = False
     attn_implementation: AttentionBackend = None  # "sdpa" on GPUs; checked against what is installed
@@ -140,6 +143,7 @@ class GRPOConfig(Strict):
     keep_checkpoints: int = Field(2, ge=1)
     export: bool = True  # write the final model to <output_dir>/final
     output_dir: str = "outputs/grpo"
+    staging_dir: str | None = None  # checkpoints for object storage staged here; None: /data/staging or temp
     ray_num_cpus: int | None = 8  # logical CPUs of an embedded Ray (ignored on a cluster)
 
     @model_validator(mode="after")
@@ -157,6 +161,16 @@ class GRPOConfig(Strict):
             raise ValueError("rollout.engine.backend: rollouts need the vllm backend (weights pushed in place)")
         if self.learner.deepspeed.offload_params and self.weight_sync == "nccl":
             raise ValueError("weight_sync=nccl with offload_params: the broadcast needs the weights on the GPU")
+        r = self.rollout
+        if r.max_new_tokens >= r.engine.max_model_len:
+            raise ValueError(f"rollout.max_new_tokens ({r.max_new_tokens}) leaves no room for a prompt within "
+                             f"rollout.engine.max_model_len ({r.engine.max_model_len})")
+        passages = None if r.passage_max_tokens is None else self.window * r.passage_max_tokens
+        if passages is None or passages + r.max_new_tokens > r.engine.max_model_len:
+            warnings.warn(f"prompts of {self.window} passages of up to {r.passage_max_tokens} tokens each plus "
+                          f"{r.max_new_tokens} response tokens may exceed rollout.engine.max_model_len "
+                          f"({r.engine.max_model_len}): such prompts get their passages cut further (logged, and "
+                          f"counted per step as prompts_cut)", stacklevel=2)
         return self
 
     def learner_model(self) -> ModelConfig:
@@ -201,7 +215,8 @@ def results_fingerprint(cfg: GRPOConfig) -> dict[str, Any]:
     job checkpoints or evaluates)."""
     return fingerprint.fingerprint(cfg, ignore=(
         "checkpoint_every", "keep_checkpoints", "export", "weight_sync", "eval.every", "reference.placement",
-        "reference.offload", "learner.gradient_checkpointing", "learner.deepspeed.offload_*"))
+        "reference.offload", "learner.gradient_checkpointing", "learner.deepspeed.offload_*", "learner.node_labels",
+        "rollout.node_labels", "staging_dir"))
 
 
 def rollout_params(cfg: GRPOConfig, step: int) -> SamplingParams:
@@ -240,7 +255,7 @@ class GRPOTrainer:
 
         self.rollouts = RolloutGroup(cfg.rollout.engine.model_copy(update={"model": cfg.model}),
                                      cfg.rollout.replicas, cfg.rollout.num_cpus, cfg.rollout.num_gpus,
-                                     cfg.rollout.passage_max_tokens)
+                                     cfg.rollout.passage_max_tokens, cfg.rollout.node_labels)
         self.rewards = RewardPool(cfg.reward.weights, cfg.reward.replicas, cfg.reward.num_cpus)
         per_rank = a.prompts_per_step * a.group_size // cfg.learner.replicas
         spec = LearnerSpec(
@@ -251,8 +266,9 @@ class GRPOTrainer:
             updates_per_step=a.updates_per_step, total_updates=cfg.steps * a.updates_per_step,
             temperature=cfg.rollout.temperature, pad_id=pad_id,
             reference="none" if a.kl_coef == 0 else cfg.reference.placement,
-            reference_offload=cfg.reference.offload)
-        self.learners = LearnerGroup(spec, cfg.learner.replicas, cfg.learner.num_cpus, cfg.learner.num_gpus)
+            reference_offload=cfg.reference.offload, staging_dir=cfg.staging_dir)
+        self.learners = LearnerGroup(spec, cfg.learner.replicas, cfg.learner.num_cpus, cfg.learner.num_gpus,
+                                     cfg.learner.node_labels)
         self.reference = None
         if spec.reference == "actor":
             from actors.reference import ReferenceWorker
@@ -434,6 +450,7 @@ def _rollout_metrics(rollouts: list[Rollout]) -> dict[str, float]:
         "ndcg": mean_term("ndcg"), "recall": mean_term("recall"), "rbo": mean_term("rbo"),
         "response_tokens": statistics.fmean(len(r.response_ids) for r in rollouts),
         "truncated": sum(r.finish_reason == "length" for r in rollouts) / n,
+        "prompts_cut": len({r.sample_id for r in rollouts if r.passages_cut_to is not None}),
     }
 
 

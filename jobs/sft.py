@@ -225,6 +225,7 @@ def train_loop_per_worker(job: dict[str, Any]) -> None:
     from reasonrank.training.deepspeed_engine import build_deepspeed_engine, load_causal_lm
     from reasonrank.training.export import export_hf
     from reasonrank.training.sft_loop import sft_steps
+    from reasonrank.training.staging import staged
     from reasonrank.training.zero_config import build_ds_config
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -237,7 +238,9 @@ def train_loop_per_worker(job: dict[str, Any]) -> None:
     engine = build_deepspeed_engine(loaded.model, ds_config, cfg.optimizer, plan.total_steps)
     state = TrainState()
     if (checkpoint := ray.train.get_checkpoint()) is not None:
-        with checkpoint.as_directory() as directory:
+        # this rank's files only, staged on the data volume (not all of them in /tmp: see training/staging.py)
+        stored = storage.join(job["run_dir"], os.path.basename(checkpoint.path.rstrip("/")))
+        with staged(stored, rank, cfg.storage.staging_dir, download=True) as directory:
             state = TrainState.from_dict(load_training_state(engine, directory))
         log.info("rank %d resumed at step %d (epoch %d, step %d in it)", rank, state.step, state.epoch,
                  state.step_in_epoch)
@@ -261,7 +264,7 @@ def train_loop_per_worker(job: dict[str, Any]) -> None:
         if state.step % cfg.train.checkpoint_every == 0 or state.step == plan.total_steps:
             if attempt:
                 attempt.flush()
-            _report_checkpoint(engine, state, metrics)
+            _report_checkpoint(engine, state, metrics, cfg.storage.staging_dir)
         elif state.step % cfg.train.report_every == 0:
             ray.train.report(metrics)
     if tensorboard:
@@ -274,13 +277,16 @@ def train_loop_per_worker(job: dict[str, Any]) -> None:
         log.info("exported the model to %s", storage.join(cfg.output_dir, "final"))
 
 
-def _report_checkpoint(engine: Any, state: TrainState, metrics: dict[str, Any]) -> None:
-    """Each worker saves its part into a local folder; Ray Train merges them into one stored checkpoint."""
+def _report_checkpoint(engine: Any, state: TrainState, metrics: dict[str, Any], staging_dir: str | None) -> None:
+    """Each worker saves its part into a local folder on the staging volume; Ray Train merges them into one
+    stored checkpoint."""
     import ray.train
 
     from reasonrank.training.checkpoint import save_training_state
+    from reasonrank.training.staging import staging_root
 
-    with tempfile.TemporaryDirectory(prefix="sft-checkpoint-", ignore_cleanup_errors=True) as local:
+    with tempfile.TemporaryDirectory(prefix="sft-checkpoint-", dir=staging_root(staging_dir),
+                                     ignore_cleanup_errors=True) as local:
         save_training_state(engine, local, state.to_dict())
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(local),
                          checkpoint_dir_name=f"checkpoint_{state.step:08d}")

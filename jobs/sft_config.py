@@ -58,6 +58,7 @@ class RunStorageConfig(Strict):
 
     path: str = "outputs/ray-train"  # local folder or s3:// gs:// (shared by all nodes on a cluster)
     name: str = "sft"
+    staging_dir: str | None = None  # where workers stage checkpoints on their node; None: /data/staging or temp
 
 
 class TrackingConfig(Strict):

@@ -55,14 +55,38 @@ def pack(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], p
     return TokenBatch(input_ids, attention, position_ids, input_ids[:, p_width:], response_mask)
 
 
+def response_logits(model: torch.nn.Module, batch: TokenBatch) -> torch.Tensor:
+    """The float32 logits that predict each response token, shaped (B, R, vocabulary)."""
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+                logits_to_keep=batch.response_len + 1, use_cache=False)
+    return out.logits[:, :-1, :].float()  # position t predicts token t + 1
+
+
+def token_logprobs(logits: torch.Tensor, ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log softmax(logits / temperature) at `ids`, shaped like `ids`."""
+    logits = logits / temperature if temperature != 1.0 else logits
+    chosen = logits.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+    return chosen - torch.logsumexp(logits, dim=-1)  # log_softmax without a second vocabulary-wide tensor
+
+
 def response_logprobs(model: torch.nn.Module, batch: TokenBatch, temperature: float = 1.0) -> torch.Tensor:
     """log pi(r_t | prompt, r_<t) of every response token, shaped (B, R); padding positions hold garbage
     that `response_mask` hides. Logits are divided by the sampling `temperature`, as the engine sampled."""
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
-                logits_to_keep=batch.response_len + 1, use_cache=False)
-    logits = out.logits[:, :-1, :].float() / temperature  # position t predicts token t + 1
-    chosen = logits.gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1)
-    return chosen - torch.logsumexp(logits, dim=-1)  # log_softmax without a second vocabulary-wide tensor
+    return token_logprobs(response_logits(model, batch), batch.response_ids, temperature)
+
+
+@torch.no_grad()
+def engine_logprob_gap(logits: torch.Tensor, batch: TokenBatch, engine_logprobs: torch.Tensor) -> float:
+    """Mean |engine − learner| log-probability over the response tokens: the training-inference mismatch.
+
+    vLLM reports the log-probabilities of the raw logits (its default `logprobs_mode`, raw_logprobs: before
+    temperature, penalties and top-p), so the learner's side is taken at temperature 1 whatever temperature the
+    engine sampled at. One row at a time: a second vocabulary-wide tensor for the whole batch could be GBs.
+    """
+    mask = batch.response_mask.to(logits.device)
+    gap = sum(((token_logprobs(logits[i], batch.response_ids[i].to(logits.device))
+                - engine_logprobs[i].to(logits.device)).abs() * mask[i]).sum() for i in range(len(logits)))
+    return float(gap) / max(float(mask.sum()), 1.0)
 
 
 def pad_right(rows: Sequence[Sequence[float]], width: int) -> torch.Tensor:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -23,6 +24,11 @@ Aggregation = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 def token_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def token_sum_over(values: torch.Tensor, mask: torch.Tensor, tokens: float) -> torch.Tensor:
+    """token_mean with a denominator shared by several batches (the micro-batches of one update)."""
+    return (values * mask).sum() / tokens
 
 
 def seq_mean_token_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -70,12 +76,19 @@ class GRPOLoss:
             raise ValueError(f"unknown loss aggregation {self.aggregation!r}; choose from {sorted(AGGREGATIONS)}")
 
     def __call__(self, logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor | None,
-                 advantages: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """(loss, stats) for token tensors shaped (batch, response_len); `advantages` shaped (batch,) or like them."""
+                 advantages: torch.Tensor, mask: torch.Tensor, tokens: float | None = None
+                 ) -> tuple[torch.Tensor, dict[str, float]]:
+        """(loss, stats) for token tensors shaped (batch, response_len); `advantages` shaped (batch,) or like them.
+
+        `tokens`: token_mean's denominator when this batch is one micro-batch of a larger update (the update's
+        response tokens over the micro-batches they are averaged over, see the learner); None: this batch's own.
+        """
         if advantages.dim() == 1:
             advantages = advantages.unsqueeze(-1)
         mask = mask.to(logprobs.dtype)
         aggregate = AGGREGATIONS[self.aggregation]
+        if self.aggregation == "token_mean" and tokens is not None:
+            aggregate = partial(token_sum_over, tokens=tokens)
         per_token, was_clipped = clipped_policy_loss(logprobs, old_logprobs, advantages, self.clip_eps)
         policy_loss = aggregate(per_token, mask)
         loss = policy_loss
