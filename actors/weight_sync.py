@@ -185,7 +185,7 @@ def build_weight_sync(backend: str, learners: LearnerGroup, rollouts: RolloutGro
     return ObjectStoreWeightSync(learners, rollouts)
 
 
-def _held_gpus() -> tuple[str, ...]:
+def held_gpus() -> tuple[str, ...]:
     """The GPUs Ray gave this actor, as node:gpu-id (no CUDA context is created to find out)."""
     context = ray.get_runtime_context()
     return tuple(f"{context.get_node_id()}:{g}" for g in context.get_accelerator_ids().get("GPU", []))
@@ -194,7 +194,7 @@ def _held_gpus() -> tuple[str, ...]:
 def _engine_device(worker: Any) -> DeviceReport:
     from vllm.platforms import current_platform
 
-    return DeviceReport(current_platform.device_type, _held_gpus())
+    return DeviceReport(current_platform.device_type, held_gpus())
 
 
 # --- run inside the learner processes (through __ray_call__) --------------------------------------------------
@@ -202,7 +202,7 @@ def _engine_device(worker: Any) -> DeviceReport:
 def _learner_device(learner: Learner) -> DeviceReport:
     import torch
 
-    return DeviceReport(torch.device(learner.engine.device).type, _held_gpus())
+    return DeviceReport(torch.device(learner.engine.device).type, held_gpus())
 
 
 def _open_broadcaster(learner: Learner, addr: str, port: int, world_size: int) -> None:

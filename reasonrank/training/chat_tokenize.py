@@ -13,10 +13,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow as pa
+
+if TYPE_CHECKING:  # imported where used: the training loop needs no pyarrow (a lean GPU image has none)
+    import pyarrow as pa
 
 IGNORE_INDEX = -100  # labels the loss skips (torch's cross-entropy default)
 
@@ -84,6 +86,8 @@ def tokenize_chat_batch(batch: pa.Table, tokenizer_path: str, max_seq_len: int) 
     Rows longer than `max_seq_len` tokens are kept, marked `fits = False`, so the caller can count and
     report them instead of losing them silently.
     """
+    import pyarrow as pa
+
     missing = {"id", "messages"} - set(batch.column_names)
     if missing:
         raise ValueError(f"SFT rows need columns {sorted(missing)}; these have {batch.column_names}")
