@@ -2,7 +2,7 @@
 
     python -m jobs.synthesize --config configs/synthesize-demo.yaml [--set teacher.engine.max_retries=8]
 
-Per query, the top `list_size` candidates become pointwise items (is this passage relevant? the teacher
+Per query, the top `teacher.window_size` candidates become pointwise items (is this passage relevant? the teacher
 sees the gold answer when there is one) and one listwise item (reason, then rank the list), plus
 `shuffled_lists` more of the same list in shuffled orders when asked for. Ray Data
 sends the items through a pool of TeacherLabeler actors, each keeping many requests in flight to the
@@ -38,7 +38,7 @@ from pydantic import Field, model_validator
 
 from jobs.common import init_ray, main
 from reasonrank import fingerprint, storage
-from reasonrank.config import ConfigError, DataConfig, EngineConfig, SamplingConfig, Strict, load_config
+from reasonrank.config import ConfigError, DataConfig, EngineConfig, PromptConfig, SamplingConfig, Strict, load_config
 from reasonrank.data.dataset import RetrievalDataset
 from reasonrank.data.tables import write_records
 from reasonrank.prompt import PassageTruncator
@@ -52,7 +52,10 @@ from reasonrank.teacher.store import PartStore
 log = logging.getLogger("jobs.synthesize")
 
 
-class TeacherConfig(Strict):
+class TeacherConfig(PromptConfig):
+    """The teacher and the prompt it labels with: window_size candidates per listwise sample (and pointwise
+    items per query), each cut to passage_max_tokens of `passage_tokenizer` (no cut without one)."""
+
     # Rate limits and max_concurrency here are for the whole job; the labelers share them out.
     engine: EngineConfig = EngineConfig(backend="openai", model="deepseek-reasoner", base_url=None,
                                         api_key_env="DEEPSEEK_API_KEY", max_concurrency=64)
@@ -60,8 +63,7 @@ class TeacherConfig(Strict):
     simulated: bool = False  # start the simulated teacher (a test double) and label against it
     simulation: SimulationConfig = SimulationConfig()
     use_answer: bool = True  # give the teacher the gold answer in pointwise prompts, where there is one
-    passage_tokenizer: str | None = None  # cut passages with this tokenizer (HF folder or id) …
-    passage_max_tokens: int | None = Field(None, ge=1)  # … to this many tokens (512 in the paper)
+    passage_tokenizer: str | None = None  # cut passages to passage_max_tokens of this tokenizer (HF folder or id)
 
     @model_validator(mode="after")
     def _one_teacher(self) -> "TeacherConfig":
@@ -77,7 +79,6 @@ class TeacherConfig(Strict):
 class SynthesizeConfig(Strict):
     data: DataConfig = DataConfig(split="train", first_stage_depth=20)
     teacher: TeacherConfig = TeacherConfig()
-    list_size: int = Field(20, ge=2)  # candidates per listwise sample (and pointwise items per query)
     shuffled_lists: int = Field(0, ge=0)  # more listwise samples per query: the same list, shuffled (items.py)
     alpha: float = Field(DEFAULT_ALPHA, ge=0.0, le=1.0)  # self-consistency threshold on NDCG@10
     labelers: int = Field(2, ge=1)  # actors in the labeler pool
@@ -95,8 +96,8 @@ def synthesize(cfg: SynthesizeConfig) -> dict[str, Any]:
     fingerprint.check_and_record(cfg.output_dir, "synthesize", results_fingerprint(cfg))
     dataset = cfg.data.load()
     truncate = _truncator(cfg.teacher)
-    requests = dataset.requests(cfg.list_size)
-    items = [item for r in requests for item in teacher_items(r, cfg.teacher.engine.model, cfg.list_size,
+    requests = dataset.requests(cfg.teacher.window_size)
+    items = [item for r in requests for item in teacher_items(r, cfg.teacher.engine.model, cfg.teacher.window_size,
                                                               truncate, cfg.teacher.use_answer, cfg.shuffled_lists)]
     labels_store = PartStore(storage.join(cfg.output_dir, "labels"), LABEL_SCHEMA)
     errors_store = PartStore(storage.join(cfg.output_dir, "errors"), ERROR_SCHEMA)

@@ -34,7 +34,7 @@ def _overrides(demo_data, out: Path, **extra) -> dict:
             "teacher.simulation.latency_s": 0.02, "teacher.simulation.hang_s": 3,
             "teacher.simulation.retry_after_s": 0.05, "teacher.engine.request_timeout_s": 1.0,
             "teacher.engine.retry_backoff_s": 0.02, "teacher.engine.max_concurrency": 32, "batch_size": 8,
-            "list_size": LIST_SIZE, "shuffled_lists": SHUFFLED, **extra}
+            "teacher.window_size": LIST_SIZE, "shuffled_lists": SHUFFLED, **extra}
 
 
 def _keys(out: Path, name: str) -> list[str]:
