@@ -65,7 +65,10 @@ class AlgorithmConfig(Strict):
     clip_eps: float = Field(0.2, gt=0.0)
 
 
-class RolloutConfig(Strict):
+class RolloutConfig(PromptConfig):
+    """The rollout engines and the prompt they answer (`window_size` passages per gold-set prompt; RL rows
+    from a file bring their own lists), each passage cut to `passage_max_tokens`."""
+
     engine: EngineConfig = EngineConfig(backend="vllm", max_model_len=16384)  # `model` comes from the top level
     replicas: int = Field(1, ge=1)
     num_cpus: float = Field(1.0, gt=0)
@@ -74,7 +77,6 @@ class RolloutConfig(Strict):
     temperature: float = Field(1.0, gt=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(3072, ge=1)
-    passage_max_tokens: int | None = 512
 
 
 class LearnerConfig(Strict):
@@ -129,7 +131,6 @@ class GRPOConfig(Strict):
     model: str = "outputs/sft-demo/final"  # the SFT export (Hugging Face folder): policy, reference, engines
     rl_set: str | None = None  # RLSample rows (.parquet/.jsonl, e.g. the synthesize job's rl.parquet)
     data: DataConfig = DataConfig(split="train", first_stage_depth=20)  # rl_set=None: gold set from the qrels
-    window: int = Field(20, ge=2)  # gold set: passages per prompt
     steps: int = Field(100, ge=1)
     seed: int = 0
     algorithm: AlgorithmConfig = AlgorithmConfig()
@@ -165,9 +166,9 @@ class GRPOConfig(Strict):
         if r.max_new_tokens >= r.engine.max_model_len:
             raise ValueError(f"rollout.max_new_tokens ({r.max_new_tokens}) leaves no room for a prompt within "
                              f"rollout.engine.max_model_len ({r.engine.max_model_len})")
-        passages = None if r.passage_max_tokens is None else self.window * r.passage_max_tokens
+        passages = None if r.passage_max_tokens is None else r.window_size * r.passage_max_tokens
         if passages is None or passages + r.max_new_tokens > r.engine.max_model_len:
-            warnings.warn(f"prompts of {self.window} passages of up to {r.passage_max_tokens} tokens each plus "
+            warnings.warn(f"prompts of {r.window_size} passages of up to {r.passage_max_tokens} tokens each plus "
                           f"{r.max_new_tokens} response tokens may exceed rollout.engine.max_model_len "
                           f"({r.engine.max_model_len}): such prompts get their passages cut further (logged, and "
                           f"counted per step as prompts_cut)", stacklevel=2)
@@ -241,12 +242,12 @@ class GRPOTrainer:
         self.cfg = cfg
         a = cfg.algorithm
         fingerprint.check_and_record(cfg.output_dir, "grpo", results_fingerprint(cfg))
-        self.rl_set = load_rl_set(cfg.rl_set, cfg.data, cfg.window)
+        self.rl_set = load_rl_set(cfg.rl_set, cfg.data, cfg.rollout.window_size)
         if cfg.eval.rl_set is not None and cfg.rl_set is not None and storage.same_location(cfg.eval.rl_set, cfg.rl_set):
             self.eval_set, self.rl_set = hold_out_queries(self.rl_set, cfg.eval.num_prompts)
         else:
             eval_data = cfg.data.model_copy(update={"split": cfg.eval.split})
-            self.eval_set = load_rl_set(cfg.eval.rl_set, eval_data, cfg.window)[: cfg.eval.num_prompts]
+            self.eval_set = load_rl_set(cfg.eval.rl_set, eval_data, cfg.rollout.window_size)[: cfg.eval.num_prompts]
         self.sampler = PromptSampler(len(self.rl_set), cfg.seed)
         tokenizer = AutoTokenizer.from_pretrained(storage.local_dir(cfg.model))
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -78,11 +78,12 @@ def test_a_strategy_takes_the_prompt_settings_its_model_was_trained_with(tmp_pat
 
 
 def test_every_stage_composes_the_one_prompt_piece():
+    from jobs.grpo import RolloutConfig
     from jobs.sft_config import DemoSetConfig
     from jobs.synthesize import TeacherConfig
     from reasonrank.config import PromptConfig, StrategyConfig
 
-    for model in (StrategyConfig, DemoSetConfig, TeacherConfig):
+    for model in (StrategyConfig, DemoSetConfig, TeacherConfig, RolloutConfig):
         assert issubclass(model, PromptConfig)
         assert {k: repr(model.model_fields[k]) for k in PromptConfig.model_fields} == \
             {k: repr(f) for k, f in PromptConfig.model_fields.items()}  # declared once, not again

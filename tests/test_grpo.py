@@ -53,7 +53,7 @@ def brief_sft(base: Path, demo, out: Path, steps: int) -> Path:
 
 
 def tiny_overrides(model: Path, demo, output_dir: Path, **extra) -> dict:
-    return {"model": str(model), "data.demo_dir": str(demo.root), "window": WINDOW, "output_dir": str(output_dir),
+    return {"model": str(model), "data.demo_dir": str(demo.root), "rollout.window_size": WINDOW, "output_dir": str(output_dir),
             "rollout.max_new_tokens": 160, **extra}
 
 
@@ -159,8 +159,10 @@ def test_reports_hold_what_the_run_did(grpo_run):
     state = json.loads((out / "checkpoints" / f"step-{STEPS:06d}" / "trainer_state.json").read_text())
     assert state["step"] == STEPS and state["history"] == lines
     assert (out / "reward_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # the exported model is the learner's final policy, tensor for tensor
+    # the exported model is the learner's final policy, tensor for tensor, with the prompt it was trained with
     assert summary["final_model"] == str(out / "final")
+    assert json.loads((out / "final" / "reasonrank_prompt.json").read_text()) == {
+        "window_size": WINDOW, "passage_max_tokens": cfg.rollout.passage_max_tokens}
     exported = load_file(out / "final" / "model.safetensors")
     learned = ray.get(trainer.learners.full_state_dict())
     assert set(learned) <= set(exported)

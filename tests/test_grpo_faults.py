@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow
 
 def job_overrides(model: Path, demo, output_dir: Path) -> dict:
     return {"model": str(model), "data.demo_dir": str(demo.root), "output_dir": str(output_dir), "steps": STEPS,
-            "window": 5, "checkpoint_every": 2, "algorithm.prompts_per_step": 2, "algorithm.group_size": 4,
+            "rollout.window_size": 5, "checkpoint_every": 2, "algorithm.prompts_per_step": 2, "algorithm.group_size": 4,
             "learner.replicas": 1, "learner.micro_batch_size": 4, "rollout.max_new_tokens": 48,
             "eval.num_prompts": 2, "eval.samples": 2, "eval.every": 0}
 
