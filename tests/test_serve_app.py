@@ -24,6 +24,7 @@ import pytest
 from reasonrank.config import load_config
 from reasonrank.strategies import window_spans
 from serve.config import ServeConfig
+from tests.serving import serving
 
 pytestmark = pytest.mark.slow
 
@@ -43,20 +44,8 @@ QUERY = "why do cats purr"
 DOCS = [f"passage {i}: cats purr when content, and sometimes when stressed; fact number {i}." for i in range(10)]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def service(ray_cluster, tiny_model_dir):
-    from ray import serve
-
-    from serve.app import build_app
-
     config = load_config(REPO / "configs" / "serve-tiny.yaml", ServeConfig, {
         "model_name": "tiny-test", "engine.model": str(tiny_model_dir), "build_tiny_model_from": None,
         "strategy": {"name": "sliding_window", "window_size": WINDOW, "step": STEP, "depth": DEPTH,
@@ -66,14 +55,8 @@ def service(ray_cluster, tiny_model_dir):
         "deployment.health_check_period_s": 1, "deployment.graceful_shutdown_timeout_s": 30,
         "auth_token_env": TOKEN_ENV,
     })
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    try:
-        serve.run(build_app(config), name=APP, route_prefix="/")
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
-            yield client
-    finally:
-        serve.shutdown()
+    with serving(config, APP) as client:
+        yield client
 
 
 def _post(client: httpx.Client, path: str, body, headers=AUTH) -> httpx.Response:

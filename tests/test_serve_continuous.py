@@ -19,7 +19,8 @@ import pytest
 
 from reasonrank.config import load_config
 from serve.config import ServeConfig
-from tests.test_serve_app import REPO, _free_port
+from tests.serving import free_port as _free_port
+from tests.test_serve_app import REPO
 
 APP = "reranker-continuous"
 BODY = {"query": "why do cats purr", "documents": ["cats purr when content", "dogs bark", "a purring engine"]}

@@ -9,7 +9,6 @@ and top_n are checked against it.
 from __future__ import annotations
 
 import asyncio
-import socket
 import statistics
 import time
 
@@ -19,6 +18,7 @@ import pytest
 from reasonrank.strategies import window_spans
 from reasonrank.teacher.simulated import SimulatedTeacher, SimulationConfig
 from serve.config import ServeConfig
+from tests.serving import serving
 
 pytestmark = pytest.mark.slow
 
@@ -38,12 +38,6 @@ def expected_order(n: int, window: int = WINDOW, step: int = STEP, depth: int = 
     return order
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def model_server(demo_data):
     teacher = SimulatedTeacher({"q": QUERY}, {str(i): t for i, t in enumerate(DOCS)},
@@ -55,23 +49,13 @@ def model_server(demo_data):
 
 @pytest.fixture(scope="module")
 def service(ray_cluster, model_server):
-    from ray import serve
-
-    from serve.app import build_app
-
     config = ServeConfig.model_validate({
         "model_name": "scripted", "engine": {"backend": "openai", "model": "scripted-ranker",
                                              "base_url": model_server.base_url, "max_retries": 0},
         "strategy": {"name": "sliding_window", "window_size": WINDOW, "step": STEP, "depth": DEPTH},
         "sampling": {"max_new_tokens": 512}, "limits": {"request_timeout_s": 60}})
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    try:
-        serve.run(build_app(config), name=APP, route_prefix="/")
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
-            yield client
-    finally:
-        serve.shutdown()
+    with serving(config, APP) as client:
+        yield client
 
 
 def test_the_known_ranking_is_not_the_identity():
