@@ -40,7 +40,8 @@ gpu-smoke-wheels: $(STAMP)
 	  --python-version $(GPU_PYTHON) --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
 	  --platform manylinux_2_24_x86_64 --platform manylinux_2_28_x86_64 \
 	  pydantic==2.14.3 pydantic-core==2.50.4 annotated-types typing-inspection pyyaml==6.0.3 fsspec==2026.9.0 \
-	  hjson msgpack ninja py-cpuinfo einops nvidia-ml-py rbo==0.1.3 pytrec-eval-terrier==0.5.11
+	  accelerate==1.15.0 hjson msgpack ninja psutil py-cpuinfo einops nvidia-ml-py rbo==0.1.3 \
+	  pytrec-eval-terrier==0.5.11
 	DS_BUILD_OPS=0 $(PIP) wheel -q --no-deps --no-build-isolation -w $(GPU_SMOKE_WHEELS) deepspeed==0.19.8
 	du -sh $(GPU_SMOKE_WHEELS)
 
