@@ -236,3 +236,36 @@ def test_nccl_broadcast_updates_a_cuda_engine(other_checkpoint, tiny_model_dir):
         engine.close()
         if fresh is not None:
             fresh.close()
+
+
+def test_the_tied_heads_reload_warning_is_explained_once_not_repeated(caplog):
+    """With tied embeddings vLLM warns "ParallelLMHead: Failed to load weights" on every push although the
+    head holds the pushed weights (test_vllm_weight_update_matches_a_fresh_engine): the receiver drops that
+    warning and says why, once."""
+    import logging
+    from types import SimpleNamespace
+
+    import torch
+
+    from reasonrank.engines import vllm_worker_extension
+    from reasonrank.engines.vllm_worker_extension import WeightReceiver
+
+    reload_log = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
+
+    def reload_weights(weights_iterator):
+        list(weights_iterator)
+        reload_log.warning("%s: Failed to load weights", "ParallelLMHead")
+        reload_log.warning("%s: Failed to load weights", "QKVParallelLinear")  # any other layer still warns
+
+    worker = SimpleNamespace(
+        vllm_config=SimpleNamespace(model_config=SimpleNamespace(dtype=torch.float32,
+                                                                 hf_config=SimpleNamespace(tie_word_embeddings=True))),
+        reload_weights=reload_weights, model_runner=SimpleNamespace(get_model=lambda: torch.nn.Module()))
+    vllm_worker_extension._TiedHeadNotice.said = False
+    with caplog.at_level(logging.INFO):
+        for _ in range(3):
+            WeightReceiver._reasonrank_reload(worker, [("w", torch.zeros(2))])
+    messages = [r.getMessage() for r in caplog.records]
+    assert "ParallelLMHead: Failed to load weights" not in messages
+    assert messages.count("QKVParallelLinear: Failed to load weights") == 3
+    assert sum("tied embeddings" in m for m in messages) == 1  # said once per process
