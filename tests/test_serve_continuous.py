@@ -13,14 +13,16 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
 from reasonrank.config import load_config
 from serve.config import ServeConfig
-from tests.serving import free_port as _free_port
-from tests.test_serve_app import REPO
+from tests.serving import serving
+
+REPO = Path(__file__).resolve().parent.parent
 
 APP = "reranker-continuous"
 BODY = {"query": "why do cats purr", "documents": ["cats purr when content", "dogs bark", "a purring engine"]}
@@ -28,24 +30,14 @@ BODY = {"query": "why do cats purr", "documents": ["cats purr when content", "do
 
 @pytest.fixture(scope="module")
 def service(ray_cluster, tiny_model_dir):
-    from ray import serve
-
-    from serve.app import build_app
-
     config = load_config(REPO / "configs" / "serve-tiny.yaml", ServeConfig, {
         "model_name": "tiny-continuous", "engine.model": str(tiny_model_dir), "build_tiny_model_from": None,
         "strategy": {"name": "one_shot", "depth": 3, "passage_max_tokens": 32},
         "sampling": {"max_new_tokens": 1500, "ignore_eos": True},
         "limits.request_timeout_s": 120,
     })
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    try:
-        serve.run(build_app(config), name=APP, route_prefix="/")
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
-            yield client
-    finally:
-        serve.shutdown()
+    with serving(config, APP, timeout_s=120) as client:
+        yield client
 
 
 def _in_flight(client: httpx.Client) -> int:
@@ -118,10 +110,7 @@ CALL_S = 0.4
 
 @pytest.fixture(scope="module")
 def remote_service(ray_cluster):
-    from ray import serve
-
     from reasonrank.teacher.simulated import SimulatedTeacher, SimulationConfig
-    from serve.app import build_app
 
     with SimulatedTeacher({}, {}, {}, SimulationConfig(latency_s=CALL_S, noise=0.0)) as teacher:
         config = load_config(REPO / "configs" / "serve-tiny.yaml", ServeConfig, {
@@ -129,13 +118,8 @@ def remote_service(ray_cluster):
             "engine": {"backend": "openai", "model": "simulated", "base_url": teacher.base_url},
             "strategy": {"name": "sliding_window", "window_size": 4, "step": 2, "depth": 10},
         })
-        port = _free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        try:
-            serve.run(build_app(config), name="remote-continuous", route_prefix="/")
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            serve.shutdown()
+        with serving(config, "remote-continuous") as client:
+            yield str(client.base_url)
 
 
 @pytest.mark.slow
