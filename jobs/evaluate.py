@@ -2,9 +2,10 @@
 
     python -m jobs.evaluate --config configs/evaluate-tiny.yaml [--set engine.model=outputs/sft/final]
 
-Engine replicas run as Ray actors (an `EnginePool`); queries are reranked in batches whose windows share
-engine calls. Each finished batch is saved under `<output_dir>/parts/`, so a stopped job resubmitted with
-the same config resumes with the queries it had not done. Outputs: `run.trec` (reranked), `first_stage.trec`,
+Engine replicas run as Ray actors (an `EnginePool`), each keeping up to `windows_in_flight_per_replica`
+windows in flight; every query advances the moment its own window returns (`reasonrank.strategies.driver`).
+Finished queries are saved `queries_per_part` at a time under `<output_dir>/parts/`, so a stopped job
+resubmitted with the same config resumes with the queries it had not done. Outputs: `run.trec` (reranked), `first_stage.trec`,
 `metrics.json` (before/after reranking), `windows.jsonl` (per-window tokens, latency, well-formedness),
 `metrics.png`. With `baseline_run` (another ranker's TREC run over the same queries, e.g. the SFT model's
 `run.trec`), `metrics.json` also compares the two query by query: the mean difference of each metric, its 95%
@@ -29,7 +30,7 @@ from reasonrank.prompt import PassageTruncator
 from reasonrank.reporting import metrics_table, plot_metrics
 from reasonrank.significance import PairedDifference, paired_difference
 from reasonrank.strategies import rerank
-from reasonrank.types import RerankRequest
+from reasonrank.types import RankedList, RerankRequest
 
 log = logging.getLogger("jobs.evaluate")
 
@@ -45,7 +46,8 @@ class EvaluateConfig(Strict):
     num_gpus_per_replica: float = Field(0.0, ge=0)
     strategy: StrategyConfig = StrategyConfig()
     sampling: SamplingConfig = SamplingConfig()
-    queries_per_batch: int = Field(32, ge=1)  # reranked together (shared engine calls), saved together
+    windows_in_flight_per_replica: int = Field(64, ge=1)  # windows each engine batches at once, at most
+    queries_per_part: int = Field(32, ge=1)  # finished queries saved together in one resumable part
     baseline_run: str | None = None  # a TREC run of the same queries to compare with, query by query
     output_dir: str = "outputs/evaluate"
     ray_num_cpus: int | None = 8  # logical CPUs of an embedded Ray (ignored on a cluster)
@@ -81,28 +83,26 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         try:
             truncate = PassageTruncator(pool.tokenizer, cfg.strategy.passage_max_tokens)
             strategy, params = cfg.strategy.build(), cfg.sampling.params()
-            start = len(storage.listdir(parts_dir))
+            parts = _PartWriter(parts_dir, len(storage.listdir(parts_dir)), cfg.queries_per_part, done)
             with tqdm(total=len(requests), initial=len(done), desc="rerank", unit="query") as bar:
-                for b, lo in enumerate(range(0, len(todo), cfg.queries_per_batch)):
-                    batch = todo[lo: lo + cfg.queries_per_batch]
-                    seen = [0]
+                def finished(ranked: RankedList) -> None:
+                    parts.add(ranked)
+                    bar.update(1)
 
-                    def progress(_windows: int, finished: int) -> None:
-                        bar.update(finished - seen[0])
-                        seen[0] = finished
-
-                    ranked = rerank(pool, strategy, batch, params, truncate, on_round=progress)
-                    records = [_part_record(r) for r in ranked]
-                    storage.write_jsonl_atomic(storage.join(parts_dir, f"part-{start + b:05d}.jsonl"), records)
-                    done.update({rec["qid"]: rec for rec in records})
+                rerank(pool, strategy, todo, params, truncate,
+                       max_windows_in_flight=cfg.windows_in_flight_per_replica * cfg.replicas,
+                       on_query_done=finished)
+                parts.flush()
         finally:
             pool.close()
     return _report(cfg, requests, done, dataset.qrels, depth, baseline)
 
 
 def results_fingerprint(cfg: EvaluateConfig) -> dict[str, Any]:
-    """What the reranked run depends on: the baseline only changes the comparison, made anew every run."""
-    return fingerprint.fingerprint(cfg, ignore=("build_tiny_model", "baseline_run"))
+    """What the reranked run depends on: the baseline only changes the comparison, made anew every run; how
+    many windows run at once and how finished queries are grouped into parts change no ranking."""
+    return fingerprint.fingerprint(cfg, ignore=("build_tiny_model", "baseline_run", "windows_in_flight_per_replica",
+                                                "queries_per_part"))
 
 
 def _ensure_tiny_model(cfg: EvaluateConfig) -> None:
@@ -128,7 +128,27 @@ def _compare(baseline: Run, reranked: Run, qrels: dict[str, dict[str, int]]) -> 
             for m in REPORTED}
 
 
-def _part_record(ranked) -> dict[str, Any]:
+class _PartWriter:
+    """Finished queries, saved `per_part` at a time as the next numbered part (what a resume keeps)."""
+
+    def __init__(self, parts_dir: str, first: int, per_part: int, done: dict[str, dict[str, Any]]):
+        self.parts_dir, self.next, self.per_part, self.done = parts_dir, first, per_part, done
+        self.pending: list[dict[str, Any]] = []
+
+    def add(self, ranked: RankedList) -> None:
+        self.pending.append(_part_record(ranked))
+        if len(self.pending) >= self.per_part:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        storage.write_jsonl_atomic(storage.join(self.parts_dir, f"part-{self.next:05d}.jsonl"), self.pending)
+        self.done.update({rec["qid"]: rec for rec in self.pending})
+        self.next, self.pending = self.next + 1, []
+
+
+def _part_record(ranked: RankedList) -> dict[str, Any]:
     return {"qid": ranked.qid, "docids": ranked.docids,
             "windows": [dataclasses.asdict(w) for w in ranked.windows]}
 
