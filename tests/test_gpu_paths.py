@@ -127,7 +127,8 @@ def _receiver(events: list):
 
     class Worker(WeightReceiver):
         device = torch.device("cpu")
-        vllm_config = SimpleNamespace(model_config=SimpleNamespace(dtype=torch.float32))
+        vllm_config = SimpleNamespace(model_config=SimpleNamespace(
+            dtype=torch.float32, hf_config=SimpleNamespace(tie_word_embeddings=False)))
         model_runner = SimpleNamespace(get_model=lambda: torch.nn.Module())
 
         def reload_weights(self, weights_iterator):
