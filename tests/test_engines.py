@@ -262,9 +262,13 @@ def test_the_tied_heads_reload_warning_is_explained_once_not_repeated(caplog):
                                                                  hf_config=SimpleNamespace(tie_word_embeddings=True))),
         reload_weights=reload_weights, model_runner=SimpleNamespace(get_model=lambda: torch.nn.Module()))
     vllm_worker_extension._TiedHeadNotice.said = False
-    with caplog.at_level(logging.INFO):
-        for _ in range(3):
-            WeightReceiver._reasonrank_reload(worker, [("w", torch.zeros(2))])
+    reload_log.addHandler(caplog.handler)  # vLLM's loggers do not propagate once vLLM has configured logging
+    try:
+        with caplog.at_level(logging.INFO):
+            for _ in range(3):
+                WeightReceiver._reasonrank_reload(worker, [("w", torch.zeros(2))])
+    finally:
+        reload_log.removeHandler(caplog.handler)
     messages = [r.getMessage() for r in caplog.records]
     assert "ParallelLMHead: Failed to load weights" not in messages
     assert messages.count("QKVParallelLinear: Failed to load weights") == 3

@@ -124,7 +124,8 @@ class VLLMEngine(Engine):
             n=params.n, temperature=params.temperature, top_p=params.top_p,
             max_tokens=min(params.max_new_tokens, self.config.max_model_len - len(prompt)),
             seed=params.seed, stop=list(params.stop) or None, logprobs=0 if params.logprobs else None,
-            ignore_eos=params.ignore_eos, output_kind=RequestOutputKind.FINAL_ONLY)
+            ignore_eos=params.ignore_eos, output_kind=RequestOutputKind.FINAL_ONLY,
+            detokenize=bool(params.stop))  # stop strings need text as it grows; otherwise decode once below
         version, started = self.weights_version, time.perf_counter()
         try:
             async for output in self._llm.generate(TokensPrompt(prompt_token_ids=prompt), sampling,
@@ -135,7 +136,8 @@ class VLLMEngine(Engine):
         latency = time.perf_counter() - started
         return [
             Generation(
-                text=sample.text, prompt_tokens=len(prompt), completion_tokens=len(sample.token_ids),
+                text=sample.text if params.stop else self._tokenizer.decode(sample.token_ids, skip_special_tokens=True),
+                prompt_tokens=len(prompt), completion_tokens=len(sample.token_ids),
                 latency_s=latency, finish_reason=sample.finish_reason or "stop", token_ids=list(sample.token_ids),
                 logprobs=([step[token].logprob for step, token in zip(sample.logprobs, sample.token_ids)]
                           if params.logprobs else None),
