@@ -24,25 +24,22 @@ _PASSAGE = re.compile(r"^\[(\d+)\] grade (\d+)", flags=re.M)
 
 class EliminatingEngine(Engine):
     """Names the passage with the lowest `grade N` among those shown; every `malformed_every`-th answer is
-    cut-off reasoning instead. Records batch sizes and how many passages each prompt showed."""
+    cut-off reasoning instead. Records how many passages each prompt showed, and which query it was for."""
 
     def __init__(self, malformed_every: int = 0):
-        self.calls: list[int] = []
         self.shown: list[int] = []
+        self.queries: list[str] = []
         self.malformed_every = malformed_every
 
-    def generate(self, batch, params: SamplingParams) -> list[Generation]:
-        self.calls.append(len(batch))
-        out = []
-        for messages in batch:
-            passages = [(int(k), int(g)) for k, g in _PASSAGE.findall(messages[-1]["content"])]
-            self.shown.append(len(passages))
-            worst = min(passages, key=lambda p: p[1])[0]
-            text = f"<think>[{passages[0][0]}] looks fine</think><answer>[{worst}]</answer>"
-            if self.malformed_every and len(self.shown) % self.malformed_every == 0:
-                text = "<think>I ran out of tok"
-            out.append(Generation(text, prompt_tokens=10, completion_tokens=5, latency_s=0.0))
-        return out
+    async def agenerate(self, messages, params: SamplingParams) -> list[Generation]:
+        passages = [(int(k), int(g)) for k, g in _PASSAGE.findall(messages[-1]["content"])]
+        self.shown.append(len(passages))
+        self.queries.append(re.search(r"query (\w+)", messages[-1]["content"]).group(1))
+        worst = min(passages, key=lambda p: p[1])[0]
+        text = f"<think>[{passages[0][0]}] looks fine</think><answer>[{worst}]</answer>"
+        if self.malformed_every and len(self.shown) % self.malformed_every == 0:
+            text = "<think>I ran out of tok"
+        return [Generation(text, prompt_tokens=10, completion_tokens=5, latency_s=0.0)]
 
 
 def request(qid: str, grades: list[int]) -> RerankRequest:
@@ -99,11 +96,12 @@ def test_final_ranking_is_the_reverse_elimination_order():
     assert all(w.well_formed and w.strategy == "iterative_elimination" for w in ranked.windows)
 
 
-def test_steps_of_all_queries_share_each_engine_call():
+def test_each_query_steps_on_its_own_and_results_keep_request_order():
     engine = EliminatingEngine()
     reqs = [request("a", [1, 2, 3, 4, 5]), request("b", [2, 1, 3]), request("c", [4])]
     results = rerank(engine, IterativeElimination(depth=None), reqs, SamplingParams())
-    assert engine.calls == [2, 2, 1, 1]  # a: 4 steps, b: 2, c: none (a single candidate is ranked)
+    # a: 4 steps, b: 2, c: none (a single candidate is ranked)
+    assert sorted(engine.queries) == ["a", "a", "a", "a", "b", "b"]
     assert [r.qid for r in results] == ["a", "b", "c"]
     assert docids(results[1]) == ["b-d2", "b-d0", "b-d1"] and docids(results[2]) == ["c-d0"]
 
@@ -138,7 +136,7 @@ def test_passages_are_truncated_once_per_query_not_once_per_step():
     engine = EliminatingEngine()
     rerank(engine, IterativeElimination(depth=None), [request("q", [1, 2, 3, 4])], SamplingParams(),
            CountingTruncator(None, None))
-    assert len(cuts) == 4 and engine.calls == [1, 1, 1]
+    assert len(cuts) == 4 and engine.shown == [4, 3, 2]
 
 
 def test_config_builds_it_and_names_a_wrong_key():

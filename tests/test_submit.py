@@ -147,7 +147,8 @@ def _qids(parts: dict[str, bytes]) -> list[str]:
 def test_a_stopped_stage_resubmitted_resumes_from_its_checkpoint(ray_head, runtime_config, demo_data,
                                                                  tiny_model_dir, tmp_path):
     out = tmp_path / "elastic"
-    args = _evaluate_args(runtime_config, demo_data, tiny_model_dir, out, "--set", "queries_per_part=4")
+    args = _evaluate_args(runtime_config, demo_data, tiny_model_dir, out, "--set", "queries_per_part=4",
+                          "--set", "windows_in_flight_per_replica=2")  # queries finish a few at a time
     first = _reasonrank(*args, "--no-wait", env=ray_head.env, timeout=120)
     assert first.returncode == 0, first.stderr[-3000:]
     job = ray_head.submission(_summary(first.stdout)["submission_id"])
