@@ -223,11 +223,18 @@ class OpenAIEngine(Engine):
         return run_sync(run_all())
 
     def close(self) -> None:
-        """Close the HTTP clients still open, each on its own loop (from any other thread)."""
+        """Close the HTTP clients still open, each on its own loop. On the thread that runs a client's loop
+        (a server shutting down) the close is scheduled there, not waited for: waiting would block that loop."""
+        try:
+            current = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
         for loop, state in list(self._per_loop.items()):
             if loop.is_closed():
                 continue
-            if loop.is_running():
+            if loop is current:
+                loop.create_task(state.client.close())
+            elif loop.is_running():
                 asyncio.run_coroutine_threadsafe(state.client.close(), loop).result(timeout=10)
             else:
                 loop.run_until_complete(state.client.close())
