@@ -167,7 +167,8 @@ def bench_depth(config, demo, call_latency_s: float, concurrent: int) -> dict[st
                "documents": [c.text for c in r.candidates] + passages[80 * i: 80 * i + 100 - len(r.candidates)]}
               for i, r in enumerate(dataset.requests(100)[:concurrent])]
     windows = len(window_spans(100, 20, 10))
-    with SimulatedTeacher(queries, corpus, dataset.qrels, SimulationConfig(latency_s=call_latency_s, noise=0.0)) as teacher:
+    fixed_latency = SimulationConfig(latency_s=call_latency_s, noise=0.0)
+    with SimulatedTeacher(queries, corpus, dataset.qrels, fixed_latency) as teacher:
         remote = config.model_copy(update={
             "engine": EngineConfig(backend="openai", model="simulated-teacher", base_url=teacher.base_url,
                                    max_concurrency=64),

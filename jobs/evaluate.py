@@ -5,8 +5,8 @@
 Engine replicas run as Ray actors (an `EnginePool`), each keeping up to `windows_in_flight_per_replica`
 windows in flight; every query advances the moment its own window returns (`reasonrank.strategies.driver`).
 Finished queries are saved `queries_per_part` at a time under `<output_dir>/parts/`, so a stopped job
-resubmitted with the same config resumes with the queries it had not done. Outputs: `run.trec` (reranked), `first_stage.trec`,
-`metrics.json` (before/after reranking), `windows.jsonl` (per-window tokens, latency, well-formedness),
+resubmitted with the same config resumes with the queries it had not done. Outputs: `run.trec` (reranked),
+`first_stage.trec`, `metrics.json` (before/after reranking), `windows.jsonl` (per-window tokens, latency, well-formedness),
 `metrics.png`. With `baseline_run` (another ranker's TREC run over the same queries, e.g. the SFT model's
 `run.trec`), `metrics.json` also compares the two query by query: the mean difference of each metric, its 95%
 confidence interval and a paired randomisation test (`reasonrank/significance.py`).

@@ -64,7 +64,7 @@ def test_pool_returns_what_one_engine_returns_in_order(pool):
 def test_a_seeded_batch_split_over_replicas_samples_what_one_engine_samples(pool):
     batch = _batch(3)
     params = SamplingParams(temperature=1.0, max_new_tokens=4, n=2, seed=3)
-    gens = pool.generate(batch, params)  # prompts 0 and 2 on replica 0, prompt 1 on replica 1: each seeded as in one batch
+    gens = pool.generate(batch, params)  # prompts 0, 2 on replica 0, prompt 1 on replica 1: seeded as in one batch
     whole = ray.get(pool.actors[0].generate.remote(batch, params))
     assert len(gens) == 6
     assert [g.prompt_tokens for g in gens[::2]] == [g.prompt_tokens for g in gens[1::2]]  # prompt-major groups

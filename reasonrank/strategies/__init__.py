@@ -16,5 +16,5 @@ def build_strategy(name: str, **options) -> RankingStrategy:
     return cls(**options)
 
 
-__all__ = ["EngineCall", "RankingStrategy", "arerank", "drive", "engine_windows", "rerank", "OneShot", "SlidingWindow", "IterativeElimination",
-           "window_spans", "STRATEGIES", "build_strategy"]
+__all__ = ["EngineCall", "RankingStrategy", "arerank", "drive", "engine_windows", "rerank", "OneShot", "SlidingWindow",
+           "IterativeElimination", "window_spans", "STRATEGIES", "build_strategy"]
