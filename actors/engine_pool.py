@@ -100,7 +100,7 @@ class EnginePool(Engine):
         except asyncio.CancelledError:
             ray.cancel(ref)  # the replica's coroutine is cancelled: its engine aborts the prompt
             raise
-        except EngineInputError:  # Ray re-raises it as a subclass of the cause: the prompt's fault, not the replica's
+        except EngineInputError:  # raised by Ray as a subclass of the cause: the prompt's fault, not the replica's
             raise
         except RayError as e:
             raise self._replica_error(replica, "generate", e) from e

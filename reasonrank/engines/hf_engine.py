@@ -53,6 +53,7 @@ class TransformersEngine(Engine):
         self._loop = EngineLoop("transformers-engine")
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="transformers-generate")
         self._queue: list[_Queued] = []  # touched on the engine loop only
+        self._running = 0  # prompts in the batch the model is generating
         self._arrived = asyncio.Event()
         self._worker = self._loop.run(_spawn(self._work()))
 
@@ -61,7 +62,7 @@ class TransformersEngine(Engine):
         return self._tokenizer
 
     def windows_in_flight(self) -> int:
-        return sum(len(item.batch) for item in self._queue)
+        return self._running + sum(len(item.batch) for item in self._queue)
 
     async def agenerate(self, messages: Messages, params: SamplingParams) -> list[Generation]:
         return await self._loop.call(self._submit([messages], params))
@@ -91,6 +92,7 @@ class TransformersEngine(Engine):
             taken = [item for item in self._queue if item.params == params]
             self._queue = [item for item in self._queue if item.params != params]
             batch = [messages for item in taken for messages in item.batch]
+            self._running = len(batch)
             try:
                 generations = await asyncio.get_running_loop().run_in_executor(
                     self._model_thread, self._generate_batch, batch, params)
@@ -99,6 +101,8 @@ class TransformersEngine(Engine):
                     if not item.done.done():
                         item.done.set_exception(e)
                 continue
+            finally:
+                self._running = 0
             at = 0
             for item in taken:
                 size = len(item.batch) * params.n
