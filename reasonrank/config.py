@@ -99,17 +99,42 @@ def model_prompt(model: str) -> PromptConfig | None:
         return None
 
 
+class ReasoningConfig(Strict):
+    """How much each window may reason (`reasonrank.strategies.reasoning`): `think` as trained (up to
+    sampling.max_new_tokens); `budget`: at most `budget_tokens`, then the reasoning is closed for the model and
+    its answer forced; `none`: the model answers at once, without reasoning."""
+
+    mode: Literal["think", "budget", "none"] = "think"
+    budget_tokens: int | None = Field(None, ge=1)  # budget: new tokens before the answer is forced
+    answer_tokens: int = Field(192, ge=1)  # budget, none: new tokens for a forced or direct answer
+
+    @model_validator(mode="after")
+    def _budget_with_its_mode(self) -> "ReasoningConfig":
+        if self.mode == "budget" and self.budget_tokens is None:
+            raise ValueError("budget_tokens is required with mode 'budget'")
+        if self.mode != "budget" and self.budget_tokens is not None:
+            raise ValueError(f"budget_tokens is only for mode 'budget' (mode is {self.mode!r})")
+        return self
+
+
 class StrategyConfig(PromptConfig):
-    name: Literal["sliding_window", "one_shot", "iterative_elimination"] = "sliding_window"
+    name: Literal["sliding_window", "one_shot", "iterative_elimination", "tdpart", "parallel_blocks"] = \
+        "sliding_window"
     step: int = Field(10, ge=1)
     depth: int | None = Field(100, ge=1)  # rerank the top-k of the first stage
     stop_at: int = Field(1, ge=1)  # iterative_elimination: stop when this many remain, keeping their order
+    cutoff: int | None = Field(None, ge=1)  # tdpart: the pivot's 0-based rank in the top window (None: half)
+    rerank_top: bool = False  # parallel_blocks: rank the aggregated top window once more (one more round)
+    reasoning: ReasoningConfig = ReasoningConfig()
 
     @model_validator(mode="after")
     def _step_within_window(self) -> "StrategyConfig":
         if self.name == "sliding_window" and self.step > self.window_size:
             raise ValueError(f"step ({self.step}) must not exceed window_size ({self.window_size}): "
                              "passages between windows would never be ranked")
+        if self.name == "tdpart" and self.cutoff is not None and self.cutoff >= self.window_size:
+            raise ValueError(f"cutoff ({self.cutoff}) must be below window_size ({self.window_size}): the pivot "
+                             "is the passage at that rank of the top window")
         return self
 
     def for_model(self, model: str, log: Any) -> "StrategyConfig":
@@ -136,6 +161,11 @@ class StrategyConfig(PromptConfig):
             return build_strategy("one_shot", depth=self.depth)
         if self.name == "iterative_elimination":
             return build_strategy(self.name, depth=self.depth, stop_at=self.stop_at)
+        if self.name == "tdpart":
+            return build_strategy(self.name, window_size=self.window_size, depth=self.depth, cutoff=self.cutoff)
+        if self.name == "parallel_blocks":
+            return build_strategy(self.name, window_size=self.window_size, depth=self.depth,
+                                  rerank_top=self.rerank_top)
         return build_strategy(self.name, window_size=self.window_size, step=self.step, depth=self.depth)
 
 

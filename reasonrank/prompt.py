@@ -147,5 +147,9 @@ def assistant_turn(reasoning: str, order: Sequence[int]) -> str:
 
 
 def render(tokenizer: Any, messages: list[dict[str, str]]) -> str:
-    """The prompt text the model sees: messages through the model's chat template, ready to generate."""
+    """The prompt text the model sees: messages through the model's chat template, ready to generate. A
+    trailing assistant message is the start of the model's turn, which it continues (an answer forced after
+    cut-off reasoning, an empty reasoning in the direct mode)."""
+    if messages and messages[-1]["role"] == "assistant":
+        return tokenizer.apply_chat_template(messages, tokenize=False, continue_final_message=True)
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

@@ -49,6 +49,8 @@ class WindowLog:
     finish_reason: str = ""
     response: str = ""
     in_flight: int = 1  # windows the engine had in flight when this one was submitted, itself included
+    depth: int = 0  # the query's sequential round this window ran in (0: first); windows of one round ran at once
+    forced_answer: bool = False  # the reasoning ran out of its budget and the answer was forced after it
 
 
 @dataclass
@@ -62,3 +64,21 @@ class RankedList:
     @property
     def docids(self) -> list[str]:
         return [c.docid for c in self.candidates]
+
+    @property
+    def calls(self) -> int:
+        """LLM calls (windows) the ranking took."""
+        return len(self.windows)
+
+    @property
+    def depth(self) -> int:
+        """Sequential rounds the ranking took: what its latency grows with, however many windows each had."""
+        return max((w.depth for w in self.windows), default=-1) + 1
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(w.prompt_tokens for w in self.windows)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(w.completion_tokens for w in self.windows)

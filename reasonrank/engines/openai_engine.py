@@ -7,6 +7,9 @@ exponential backoff and jitter when the failure is transient: 429 (waiting what 
 the caller's `validate` rejects). After the last attempt `TeacherCallFailed` says why. Client errors
 (400, 401, 404 …) are not retried.
 
+A trailing assistant message is the start of the model's turn (a forced answer, an empty reasoning): the
+server is asked to continue it (`continue_final_message`, as vLLM's server names it) and returns what follows.
+
 Reasoning models return their reasoning either apart (`reasoning_content`, DeepSeek-R1 style, or
 `reasoning`) or inline as `<think>…</think>` at the start of the content; both are normalised to
 `Generation.reasoning` plus `Generation.text = "<think>{reasoning}</think>{answer}"`, the model format
@@ -205,6 +208,8 @@ class OpenAIEngine(Engine):
             kwargs["stop"] = list(params.stop)
         if params.logprobs:
             kwargs["logprobs"] = True
+        if messages and messages[-1]["role"] == "assistant":  # the start of the model's turn: continue it
+            kwargs["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
         response = await client.chat.completions.create(**kwargs)
         latency = time.perf_counter() - started
         gen = _to_generation(response, latency, estimate)

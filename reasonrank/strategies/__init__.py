@@ -3,9 +3,12 @@ from reasonrank.strategies.base import EngineCall, RankingStrategy
 from reasonrank.strategies.driver import arerank, drive, engine_windows, rerank
 from reasonrank.strategies.iterative_elimination import IterativeElimination
 from reasonrank.strategies.one_shot import OneShot
+from reasonrank.strategies.parallel_blocks import ParallelBlocks
 from reasonrank.strategies.sliding_window import SlidingWindow, window_spans
+from reasonrank.strategies.tdpart import TopDownPartition
 
-STRATEGIES: dict[str, type[RankingStrategy]] = {s.name: s for s in (SlidingWindow, OneShot, IterativeElimination)}
+STRATEGIES: dict[str, type[RankingStrategy]] = {
+    s.name: s for s in (SlidingWindow, OneShot, IterativeElimination, TopDownPartition, ParallelBlocks)}
 
 
 def build_strategy(name: str, **options) -> RankingStrategy:
@@ -17,4 +20,5 @@ def build_strategy(name: str, **options) -> RankingStrategy:
 
 
 __all__ = ["EngineCall", "RankingStrategy", "arerank", "drive", "engine_windows", "rerank", "OneShot", "SlidingWindow",
-           "IterativeElimination", "window_spans", "STRATEGIES", "build_strategy"]
+           "IterativeElimination", "TopDownPartition", "ParallelBlocks", "window_spans", "STRATEGIES",
+           "build_strategy"]

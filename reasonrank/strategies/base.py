@@ -1,9 +1,12 @@
 """What a ranking strategy is.
 
 A strategy is a generator over one query: it yields an `EngineCall` (the messages for its current window),
-receives the engine's `Generation` for it, and finally returns the reranked list. Because a strategy never
-calls the engine itself, one driver (`reasonrank.strategies.driver`) runs every strategy for every
-consumer, many queries at once, each advancing the moment its own window returns.
+receives the engine's `Generation` for it, and finally returns the reranked list. A strategy whose windows do
+not depend on each other yields them as one list (a round), runs them at once and receives their
+generations as a list in the same order. Because a strategy never calls the engine itself, one driver
+(`reasonrank.strategies.driver`) runs every strategy for every consumer, many queries at once, each
+advancing the moment its own windows return; the driver numbers the rounds, so each window's log says
+which sequential round it ran in.
 
 Adding a strategy is adding a subclass; nothing else changes.
 """
@@ -24,9 +27,10 @@ class EngineCall:
     messages: Messages
     start: int  # the window's span in the current list, for the per-window log
     end: int
+    max_new_tokens: int | None = None  # this window's token limit (reasoning budgets); None: the sampling's
 
 
-Steps = Generator[EngineCall, Generation, RankedList]
+Steps = Generator[EngineCall | list[EngineCall], Generation | list[Generation], RankedList]
 
 
 class RankingStrategy(ABC):
@@ -43,5 +47,6 @@ class RankingStrategy(ABC):
             qid=request.query.qid, strategy=strategy, start=call.start, end=call.end,
             prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens,
             latency_s=gen.latency_s, well_formed=well_formed, finish_reason=gen.finish_reason,
-            response=gen.text, in_flight=gen.extra.get("in_flight", 1),
+            response=gen.text, in_flight=gen.extra.get("in_flight", 1), depth=gen.extra.get("round", 0),
+            forced_answer=gen.extra.get("forced_answer", False),
         )

@@ -1,7 +1,8 @@
 """The one strategy driver: every query's strategy advances the moment its own window returns.
 
-A strategy is a generator over one query (see `base`): it yields the window it needs next and receives
-the engine's generation for it. `drive` runs one query's strategy to its ranking, awaiting each window;
+A strategy is a generator over one query (see `base`): it yields the window it needs next, or a round of
+windows that run at once, and receives the engine's generations for them. `drive` runs one query's
+strategy to its ranking, awaiting each round (and applying the reasoning mode to every window, `reasoning`);
 `arerank` drives many queries at once, so the engine always holds the ready windows of every unfinished
 query (up to a bound) and batches them continuously. No query waits for another's window:
 
@@ -19,28 +20,49 @@ from __future__ import annotations
 import asyncio
 import json
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import replace
 
+from reasonrank.config import ReasoningConfig
 from reasonrank.engines.base import Engine, Generation, SamplingParams, run_sync
 from reasonrank.prompt import PassageTruncator
 from reasonrank.strategies.base import EngineCall, RankingStrategy
+from reasonrank.strategies.reasoning import WindowFn, reasoned
 from reasonrank.types import RankedList, RerankRequest
-
-WindowFn = Callable[[EngineCall], Awaitable[Generation]]
 
 
 async def drive(strategy: RankingStrategy, request: RerankRequest, truncate: PassageTruncator,
-                window: WindowFn) -> RankedList:
-    """Run `strategy` over `request`, awaiting each window it asks for from `window`."""
+                window: WindowFn, reasoning: ReasoningConfig | None = None) -> RankedList:
+    """Run `strategy` over `request`, awaiting each window (or round of windows) it asks for from `window`.
+    Each generation's `extra["round"]` is the sequential round it belongs to (0 first)."""
+    if reasoning is not None:
+        window = reasoned(window, reasoning)
     steps = strategy.steps(request, truncate)
+    depth = 0
     try:
-        call = next(steps)
+        asked = next(steps)
         while True:
-            call = steps.send(await window(call))
+            asked = steps.send(await _round(asked, window, depth))
+            depth += 1
     except StopIteration as stop:
         return stop.value
+
+
+async def _round(asked: EngineCall | list[EngineCall], window: WindowFn,
+                 depth: int) -> Generation | list[Generation]:
+    """One round's generations, stamped with its number: one window, or several at once (if one fails, the
+    others are cancelled, so no orphan keeps the engine busy)."""
+    calls = [asked] if isinstance(asked, EngineCall) else asked
+    tasks = [asyncio.ensure_future(window(call)) for call in calls]
+    try:
+        generations = await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        raise
+    stamped = [replace(gen, extra={**gen.extra, "round": depth}) for gen in generations]
+    return stamped[0] if isinstance(asked, EngineCall) else stamped
 
 
 def engine_windows(engine: Engine, params: SamplingParams, slots: asyncio.Semaphore | None = None) -> WindowFn:
@@ -52,6 +74,8 @@ def engine_windows(engine: Engine, params: SamplingParams, slots: asyncio.Semaph
 
     async def window(call: EngineCall) -> Generation:
         window_params = params if params.seed is None else replace(params, seed=params.seed + _digest(call))
+        if call.max_new_tokens is not None:
+            window_params = replace(window_params, max_new_tokens=call.max_new_tokens)
         async with slots or nullcontext():
             in_flight = engine.windows_in_flight() + 1
             (generation,) = await engine.agenerate(call.messages, window_params)
@@ -64,16 +88,18 @@ def engine_windows(engine: Engine, params: SamplingParams, slots: asyncio.Semaph
 async def arerank(engine: Engine, strategy: RankingStrategy, requests: list[RerankRequest],
                   params: SamplingParams, truncate: PassageTruncator | None = None,
                   max_windows_in_flight: int = 64,
-                  on_query_done: Callable[[RankedList], None] | None = None) -> list[RankedList]:
+                  on_query_done: Callable[[RankedList], None] | None = None,
+                  reasoning: ReasoningConfig | None = None) -> list[RankedList]:
     """Rerank every request, each advancing on its own; results in request order. `on_query_done` is
-    called with each ranking as it finishes (progress, resumable parts)."""
+    called with each ranking as it finishes (progress, resumable parts); `reasoning` (None: reason as
+    trained) sets every window's reasoning mode and budget."""
     if max_windows_in_flight < 1:
         raise ValueError(f"max_windows_in_flight must be >= 1, got {max_windows_in_flight}")
     truncate = truncate or PassageTruncator(engine.tokenizer, None)
     window = engine_windows(engine, params, asyncio.Semaphore(max_windows_in_flight))
 
     async def one(request: RerankRequest) -> RankedList:
-        ranked = await drive(strategy, request, truncate, window)
+        ranked = await drive(strategy, request, truncate, window, reasoning)
         if on_query_done is not None:
             on_query_done(ranked)
         return ranked
@@ -83,9 +109,11 @@ async def arerank(engine: Engine, strategy: RankingStrategy, requests: list[Rera
 
 def rerank(engine: Engine, strategy: RankingStrategy, requests: list[RerankRequest], params: SamplingParams,
            truncate: PassageTruncator | None = None, max_windows_in_flight: int = 64,
-           on_query_done: Callable[[RankedList], None] | None = None) -> list[RankedList]:
+           on_query_done: Callable[[RankedList], None] | None = None,
+           reasoning: ReasoningConfig | None = None) -> list[RankedList]:
     """`arerank` for synchronous callers."""
-    return run_sync(arerank(engine, strategy, requests, params, truncate, max_windows_in_flight, on_query_done))
+    return run_sync(arerank(engine, strategy, requests, params, truncate, max_windows_in_flight, on_query_done,
+                            reasoning))
 
 
 def _digest(call: EngineCall) -> int:

@@ -171,10 +171,13 @@ class SimulatedTeacher:
             reasoning, answer = self._answer(messages, digest)
         except ValueError as e:
             return _error(400, str(e))
+        continued = messages[-1].get("role") == "assistant" and bool(body.get("continue_final_message"))
+        if continued:
+            reasoning, answer = "", _continuation(messages[-1].get("content") or "", reasoning, answer)
         if fault == "malformed":
             return web.Response(status=200, content_type="application/json",
                                 text='{"id": "chatcmpl-sim", "object": "chat.completion", "choices": [{"ind')
-        return web.json_response(self._completion(body, messages, digest, reasoning, answer))
+        return web.json_response(self._completion(body, messages, digest, reasoning, answer, continued))
 
     def _fault(self, digest: str, attempt: int) -> str | None:
         cfg = self.config
@@ -190,13 +193,15 @@ class SimulatedTeacher:
         return cfg.fault_kinds[int(draw / cfg.fault_rate * len(cfg.fault_kinds))]
 
     def _completion(self, body: dict[str, Any], messages: list[dict[str, str]], digest: str,
-                    reasoning: str, answer: str) -> dict[str, Any]:
+                    reasoning: str, answer: str, continued: bool = False) -> dict[str, Any]:
         max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
         finish = "stop"
         if max_tokens is not None and _words(reasoning) + _words(answer) > max_tokens:
             reasoning, answer, finish = " ".join(reasoning.split()[:max_tokens]), "", "length"
         message: dict[str, Any] = {"role": "assistant"}
-        if random.Random(f"{self.config.seed}:inline:{digest}").random() < self.config.inline_reasoning:
+        if continued:  # what follows the turn's start, as it is
+            message["content"] = answer
+        elif random.Random(f"{self.config.seed}:inline:{digest}").random() < self.config.inline_reasoning:
             closing = "</think>" if finish == "stop" else ""
             message["content"] = f"<think>{reasoning}{closing}{answer}"
         else:
@@ -276,6 +281,15 @@ _LISTWISE_SUFFIX = re.compile(r"\nSearch Query: (?P<query>.*)\.\nRank the (?P<n>
 _PASSAGE_ID = re.compile(r"\n\[(\d+)\] ")
 _FILLER = ("Let me weigh this carefully.", "The key concepts must match, not just the words.",
            "Surface overlap alone is not enough.", "I check whether the passage helps reach an answer.")
+
+
+def _continuation(prefix: str, reasoning: str, answer: str) -> str:
+    """What follows `prefix`, the start of the turn a client asks to continue (as vLLM's server does): the
+    answer's ranking once the prefix has opened the answer, else the rest of the whole response."""
+    if prefix.endswith("<answer>"):
+        return answer.removeprefix("<answer>")
+    whole = f"<think>{reasoning}</think>{answer}"
+    return whole[len(prefix):] if whole.startswith(prefix) else whole
 
 
 def _clip(text: str, words: int = 12) -> str:

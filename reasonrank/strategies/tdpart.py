@@ -1,0 +1,55 @@
+"""Top-down partitioning (Parry, MacAvaney & Ganguly, 2024, "TDPart"): the top of a list in three rounds.
+
+    round 1: rank the top window; the passage it places at `cutoff` is the pivot
+    round 2: every other passage against the pivot, all at once: the rest of the list cut into windows of at
+             most window_size - 1 passages, each with the pivot (first, as in the paper); what a window
+             ranks above the pivot is a candidate, what it ranks below stays below
+    round 3: rank the candidates (the top window's above the pivot, then the others) in one window; only
+             when some passage beat the pivot
+
+The list is: the candidates (ranked), the pivot, then everything below it in the order its window left it,
+then the first stage's tail beyond `depth`. Candidates beyond one window (rare: more than window_size -
+cutoff passages beat the pivot) follow the ranked ones unranked, as in the paper's single pass (buffer =
+window). For top-100 and windows of 20: 1 + 5 + 1 = 7 calls, depth 3, against the sliding window's 9 and 9.
+A partition window is logged with the span of the passages it compares with the pivot.
+"""
+from __future__ import annotations
+
+from reasonrank.prompt import PassageTruncator
+from reasonrank.strategies.base import RankingStrategy, Steps
+from reasonrank.strategies.rounds import even_chunks, rank_round
+from reasonrank.types import RankedList, RerankRequest
+
+
+class TopDownPartition(RankingStrategy):
+    name = "tdpart"
+
+    def __init__(self, window_size: int = 20, depth: int | None = 100, cutoff: int | None = None):
+        cutoff = window_size // 2 if cutoff is None else cutoff
+        if not 1 <= cutoff < window_size:
+            raise ValueError(f"cutoff must be in [1, window_size): got {cutoff} with window_size {window_size}")
+        self.window_size, self.depth, self.cutoff = window_size, depth, cutoff
+
+    def steps(self, request: RerankRequest, truncate: PassageTruncator) -> Steps:
+        n = len(request.candidates) if self.depth is None else min(self.depth, len(request.candidates))
+        pool, tail = list(request.candidates[:n]), list(request.candidates[n:])
+        size, logs = self.window_size, []
+        (order,) = yield from rank_round(self, request, truncate, [pool[:size]], [(0, min(size, n))], logs)
+        top, rest = [pool[i] for i in order], pool[size:]
+        if not rest:
+            return RankedList(request.query.qid, top + tail, logs)
+        pivot = top[self.cutoff]
+        above, below = top[:self.cutoff], top[self.cutoff + 1:]
+        spans = even_chunks(len(rest), size - 1)
+        windows = [[pivot, *rest[start:end]] for start, end in spans]
+        orders = yield from rank_round(self, request, truncate, windows,
+                                       [(size + start, size + end) for start, end in spans], logs)
+        for window, order in zip(windows, orders):
+            at = order.index(0)  # the pivot's place
+            above += [window[i] for i in order[:at]]
+            below += [window[i] for i in order[at + 1:]]
+        if len(above) > self.cutoff:  # something beat the pivot: rank the candidates once more
+            (order,) = yield from rank_round(self, request, truncate, [above[:size]],
+                                             [(0, min(size, len(above)))], logs)
+            above = [above[i] for i in order] + above[size:]
+        return RankedList(request.query.qid, above + [pivot] + below + tail, logs)
