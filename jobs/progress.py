@@ -55,7 +55,8 @@ def say(text: str) -> None:
 class StageProgress:
     """A stage's progress: `done` of `total` `unit`, time spent, time left, and where the outputs go.
 
-    The time left is the rate since the first advance (start-up time not counted) applied to what is left.
+    The time left is the rate since the first advance (start-up time not counted) applied to what is left;
+    until a second advance there is no rate yet ("estimating").
     `note` replaces the count in the line for phases that are not counted (start-up, an evaluation pass).
     """
 
@@ -90,8 +91,8 @@ class StageProgress:
 
     def update_to(self, done: int, note: str | None = None) -> None:
         with self._lock:
-            if self._first_at is None and done > self.done:
-                self._first_at, self._first_done = time.monotonic(), self.done
+            if self._first_at is None and done > self.done:  # the rate is measured from the first advance on
+                self._first_at, self._first_done = time.monotonic(), done
             self.done, self.note = done, note
             self._emit()
 
