@@ -155,6 +155,12 @@ class StrategyConfig(PromptConfig):
         return self.model_validate({**self.model_dump(exclude_unset=True), **update})
 
     def build(self):
+        """The strategy this config names, reasoning as `reasoning` says."""
+        strategy = self._strategy()
+        strategy.reasoning = self.reasoning
+        return strategy
+
+    def _strategy(self):
         from reasonrank.strategies import build_strategy
 
         if self.name == "one_shot":

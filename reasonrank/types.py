@@ -72,8 +72,7 @@ class RankedList:
 
     @property
     def depth(self) -> int:
-        """Sequential rounds the ranking took: what its latency grows with, however many windows each had."""
-        return max((w.depth for w in self.windows), default=-1) + 1
+        return sequential_depth(self.windows)
 
     @property
     def prompt_tokens(self) -> int:
@@ -82,3 +81,8 @@ class RankedList:
     @property
     def completion_tokens(self) -> int:
         return sum(w.completion_tokens for w in self.windows)
+
+
+def sequential_depth(windows: list[WindowLog]) -> int:
+    """Sequential rounds a ranking took: what its latency grows with, however many windows each round had."""
+    return max((w.depth for w in windows), default=-1) + 1

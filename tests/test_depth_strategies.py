@@ -52,7 +52,9 @@ class Scripted:
 
 
 def run(strategy: RankingStrategy, n: int, window, reasoning: ReasoningConfig | None = None) -> RankedList:
-    return asyncio.run(drive(strategy, request(n), PassageTruncator(None, None), window, reasoning))
+    if reasoning is not None:
+        strategy.reasoning = reasoning
+    return asyncio.run(drive(strategy, request(n), PassageTruncator(None, None), window))
 
 
 def ranked_ids(ranked: RankedList) -> list[int]:
@@ -227,3 +229,5 @@ def test_configs_name_the_wrong_key():
     built = parse_config({"name": "tdpart", "window_size": 10, "depth": 50}, StrategyConfig).build()
     assert (built.window_size, built.cutoff, built.depth) == (10, 5, 50)
     assert parse_config({"name": "parallel_blocks", "rerank_top": True}, StrategyConfig).build().rerank_top
+    direct = parse_config({"name": "tdpart", "reasoning": {"mode": "none"}}, StrategyConfig).build()
+    assert direct.reasoning.mode == "none" and StrategyConfig().build().reasoning.mode == "think"

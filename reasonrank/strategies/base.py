@@ -8,6 +8,9 @@ generations as a list in the same order. Because a strategy never calls the engi
 advancing the moment its own windows return; the driver numbers the rounds, so each window's log says
 which sequential round it ran in.
 
+Every strategy carries its reasoning mode and budget (`reasoning`, from its config), which the driver applies
+to each of its windows (`reasonrank.strategies.reasoning`).
+
 Adding a strategy is adding a subclass; nothing else changes.
 """
 from __future__ import annotations
@@ -17,6 +20,7 @@ from collections.abc import Generator
 from dataclasses import dataclass
 from typing import ClassVar
 
+from reasonrank.config import ReasoningConfig
 from reasonrank.engines.base import Generation, Messages
 from reasonrank.prompt import PassageTruncator
 from reasonrank.types import RankedList, RerankRequest, WindowLog
@@ -35,6 +39,7 @@ Steps = Generator[EngineCall | list[EngineCall], Generation | list[Generation], 
 
 class RankingStrategy(ABC):
     name: ClassVar[str]
+    reasoning: ReasoningConfig = ReasoningConfig()  # as trained, unless its config says otherwise
 
     @abstractmethod
     def steps(self, request: RerankRequest, truncate: PassageTruncator) -> Steps:

@@ -2,7 +2,7 @@
 
 A strategy is a generator over one query (see `base`): it yields the window it needs next, or a round of
 windows that run at once, and receives the engine's generations for them. `drive` runs one query's
-strategy to its ranking, awaiting each round (and applying the reasoning mode to every window, `reasoning`);
+strategy to its ranking, awaiting each round (each window reasoning as the strategy's `reasoning` says);
 `arerank` drives many queries at once, so the engine always holds the ready windows of every unfinished
 query (up to a bound) and batches them continuously. No query waits for another's window:
 
@@ -24,7 +24,6 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import replace
 
-from reasonrank.config import ReasoningConfig
 from reasonrank.engines.base import Engine, Generation, SamplingParams, run_sync
 from reasonrank.prompt import PassageTruncator
 from reasonrank.strategies.base import EngineCall, RankingStrategy
@@ -33,11 +32,11 @@ from reasonrank.types import RankedList, RerankRequest
 
 
 async def drive(strategy: RankingStrategy, request: RerankRequest, truncate: PassageTruncator,
-                window: WindowFn, reasoning: ReasoningConfig | None = None) -> RankedList:
-    """Run `strategy` over `request`, awaiting each window (or round of windows) it asks for from `window`.
-    Each generation's `extra["round"]` is the sequential round it belongs to (0 first)."""
-    if reasoning is not None:
-        window = reasoned(window, reasoning)
+                window: WindowFn) -> RankedList:
+    """Run `strategy` over `request`, awaiting each window (or round of windows) it asks for from `window`,
+    within the strategy's reasoning mode and budget. Each generation's `extra["round"]` is the sequential
+    round it belongs to (0 first)."""
+    window = reasoned(window, strategy.reasoning)
     steps = strategy.steps(request, truncate)
     depth = 0
     try:
@@ -88,18 +87,16 @@ def engine_windows(engine: Engine, params: SamplingParams, slots: asyncio.Semaph
 async def arerank(engine: Engine, strategy: RankingStrategy, requests: list[RerankRequest],
                   params: SamplingParams, truncate: PassageTruncator | None = None,
                   max_windows_in_flight: int = 64,
-                  on_query_done: Callable[[RankedList], None] | None = None,
-                  reasoning: ReasoningConfig | None = None) -> list[RankedList]:
+                  on_query_done: Callable[[RankedList], None] | None = None) -> list[RankedList]:
     """Rerank every request, each advancing on its own; results in request order. `on_query_done` is
-    called with each ranking as it finishes (progress, resumable parts); `reasoning` (None: reason as
-    trained) sets every window's reasoning mode and budget."""
+    called with each ranking as it finishes (progress, resumable parts)."""
     if max_windows_in_flight < 1:
         raise ValueError(f"max_windows_in_flight must be >= 1, got {max_windows_in_flight}")
     truncate = truncate or PassageTruncator(engine.tokenizer, None)
     window = engine_windows(engine, params, asyncio.Semaphore(max_windows_in_flight))
 
     async def one(request: RerankRequest) -> RankedList:
-        ranked = await drive(strategy, request, truncate, window, reasoning)
+        ranked = await drive(strategy, request, truncate, window)
         if on_query_done is not None:
             on_query_done(ranked)
         return ranked
@@ -109,11 +106,9 @@ async def arerank(engine: Engine, strategy: RankingStrategy, requests: list[Rera
 
 def rerank(engine: Engine, strategy: RankingStrategy, requests: list[RerankRequest], params: SamplingParams,
            truncate: PassageTruncator | None = None, max_windows_in_flight: int = 64,
-           on_query_done: Callable[[RankedList], None] | None = None,
-           reasoning: ReasoningConfig | None = None) -> list[RankedList]:
+           on_query_done: Callable[[RankedList], None] | None = None) -> list[RankedList]:
     """`arerank` for synchronous callers."""
-    return run_sync(arerank(engine, strategy, requests, params, truncate, max_windows_in_flight, on_query_done,
-                            reasoning))
+    return run_sync(arerank(engine, strategy, requests, params, truncate, max_windows_in_flight, on_query_done))
 
 
 def _digest(call: EngineCall) -> int:
