@@ -2,8 +2,9 @@
 
     python -m jobs.evaluate --config configs/evaluate-tiny.yaml [--set engine.model=outputs/sft/final]
 
-Engine replicas run as Ray actors (an `EnginePool`), each keeping up to `windows_in_flight_per_replica`
-windows in flight; every query advances the moment its own window returns (`reasonrank.strategies.driver`).
+Queries are ranked through a `reasonrank.Reranker` whose engine is a pool of engine replicas running as Ray
+actors (an `EnginePool`), each keeping up to `windows_in_flight_per_replica` windows in flight; every query
+advances the moment its own window returns (`reasonrank.strategies.driver`).
 Finished queries are saved `queries_per_part` at a time under `<output_dir>/parts/`, so a stopped job
 resubmitted with the same config resumes with the queries it had not done. Outputs: `run.trec` (reranked),
 `first_stage.trec`, `metrics.json` (before/after reranking), `windows.jsonl` (per-window tokens, latency, well-formedness),
@@ -26,10 +27,9 @@ from reasonrank import fingerprint, storage
 from reasonrank.config import DataConfig, EngineConfig, SamplingConfig, StrategyConfig, Strict, load_config
 from reasonrank.data.trec import Run, read_run, write_run
 from reasonrank.metrics import evaluate_run, per_query_metrics
-from reasonrank.prompt import PassageTruncator
 from reasonrank.reporting import metrics_table, plot_metrics
+from reasonrank.reranker import Reranker
 from reasonrank.significance import PairedDifference, paired_difference
-from reasonrank.strategies import rerank
 from reasonrank.types import RankedList, RerankRequest
 
 log = logging.getLogger("jobs.evaluate")
@@ -81,17 +81,15 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         pool = EnginePool(cfg.engine, replicas=cfg.replicas, num_cpus_per_replica=cfg.num_cpus_per_replica,
                           num_gpus_per_replica=cfg.num_gpus_per_replica)
         try:
-            truncate = PassageTruncator(pool.tokenizer, cfg.strategy.passage_max_tokens)
-            strategy, params = cfg.strategy.build(), cfg.sampling.params()
+            reranker = Reranker(pool, cfg.strategy, cfg.sampling, context_tokens=cfg.engine.max_model_len,
+                                max_windows_in_flight=cfg.windows_in_flight_per_replica * cfg.replicas)
             parts = _PartWriter(parts_dir, len(storage.listdir(parts_dir)), cfg.queries_per_part, done)
             with tqdm(total=len(requests), initial=len(done), desc="rerank", unit="query") as bar:
                 def finished(ranked: RankedList) -> None:
                     parts.add(ranked)
                     bar.update(1)
 
-                rerank(pool, strategy, todo, params, truncate,
-                       max_windows_in_flight=cfg.windows_in_flight_per_replica * cfg.replicas,
-                       on_query_done=finished)
+                reranker.rank_requests(todo, on_query_done=finished)
                 parts.flush()
         finally:
             pool.close()

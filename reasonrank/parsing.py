@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 # The model's format, `<think>…</think>` then `<answer>…</answer>`: the one pattern every reader of it uses.
 THINK_THEN_ANSWER = re.compile(r"<think>.*?</think>\s*<answer>(?P<answer>.*?)</answer>", re.DOTALL)
+_THINK = re.compile(r"<think>(?P<reasoning>.*?)(?:</think>|$)", re.DOTALL)
 _ANSWER_OPEN = "<answer>"
 _ANSWER_CLOSE = "</answer>"
 _ID = re.compile(r"\[\s*(\d+)\s*\]")
@@ -49,6 +50,12 @@ def extract_answer(response: str) -> str | None:
     body = response[start + len(_ANSWER_OPEN):]
     end = body.find(_ANSWER_CLOSE)
     return body if end < 0 else body[:end]
+
+
+def extract_reasoning(response: str) -> str | None:
+    """The reasoning inside `<think>` (every backend returns it there), even when cut off; None without one."""
+    found = _THINK.search(response)
+    return found.group("reasoning") if found else None
 
 
 def answer_ids(answer: str) -> list[int]:

@@ -51,6 +51,8 @@ class WindowLog:
     in_flight: int = 1  # windows the engine had in flight when this one was submitted, itself included
     depth: int = 0  # the query's sequential round this window ran in (0: first); windows of one round ran at once
     forced_answer: bool = False  # the reasoning ran out of its budget and the answer was forced after it
+    ranked: list[str] | None = None  # the window's docids as the model ranked them, best first (None: a
+    # step that does not rank its window, such as an elimination step); what window votes count
 
 
 @dataclass

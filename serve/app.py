@@ -5,11 +5,11 @@
     POST /rerank      Jina / vLLM               GET  /health          200 only while the model is loaded and
     GET  /v1/models   the served model                                the engine answers
 
-Each replica loads the model once (in its constructor; Serve routes to it only after). Every request drives
-its own strategy (serve.ranking, through the one strategy driver) and submits each window to the engine
-the moment it is ready; the engine batches the windows of all requests in flight continuously (vLLM's async
-engine), so no window waits for another request's. At most `max_windows_in_flight` windows are submitted
-at once; the rest wait their turn.
+Each replica loads the model once (in its constructor; Serve routes to it only after) into a
+`reasonrank.Reranker`. Every request drives its own strategy (through the one strategy driver) and submits
+each window to the engine the moment it is ready; the engine batches the windows of all requests in flight
+continuously (vLLM's async engine), so no window waits for another request's. At most
+`max_windows_in_flight` windows are submitted at once; the rest wait their turn.
 
 Faults: a request past its deadline gets 504, and one whose client went away is cancelled; either way its
 in-flight window is aborted in the engine. A prompt the engine refuses for what it is (too long for its
@@ -38,16 +38,16 @@ from ray import serve
 from ray.serve import Application
 
 from reasonrank.config import ConfigError, StrategyConfig, load_config
-from reasonrank.engines import build_engine
 from reasonrank.engines.base import EngineInputError, Generation, Messages, SamplingParams
-from reasonrank.prompt import PassageTruncator, PromptTooLong
-from reasonrank.strategies import EngineCall, engine_windows
+from reasonrank.prompt import PromptTooLong
+from reasonrank.reranker import DocumentRanking, Reranker as ModelReranker
+from reasonrank.scores import ScoreUnavailable
+from reasonrank.strategies import EngineCall
 from serve.auth import BearerAuth
 from serve.body import parse_request
 from serve.config import ServeConfig
 from serve.errors import ServeError
 from serve.metrics import RerankMetrics
-from serve.ranking import DocumentRanking, rank_documents
 from serve.responses import cohere_response, jina_response, native_response
 from serve.schema import CohereRequest, JinaRequest, NativeRequest
 
@@ -75,13 +75,13 @@ class Reranker:
     def __init__(self, config: dict[str, Any]):
         self.config = ServeConfig.model_validate(config)
         self.auth = BearerAuth.from_env(self.config.auth_token_env)  # before the model: fail fast
-        self.params = self.config.sampling.params()
         self.metrics = RerankMetrics()
         self._engine_failure: str | None = None
         started = time.perf_counter()
-        self.engine = build_engine(self.config.engine)
-        slots = asyncio.Semaphore(self.config.max_windows_in_flight)
-        self._windows = engine_windows(self.engine, self.params, slots)
+        self.reranker = ModelReranker.build(self.config.engine, self.config.strategy, self.config.sampling,
+                                            score=self.config.score,
+                                            max_windows_in_flight=self.config.max_windows_in_flight)
+        self.engine = self.reranker.engine
         logger.info("reranker %r loaded (%s backend, %s) in %.1f s; auth %s", self.config.model_name,
                     self.config.engine.backend, self.config.engine.model, time.perf_counter() - started,
                     "on" if self.auth.enabled else "off")
@@ -91,7 +91,7 @@ class Reranker:
     async def window(self, call: EngineCall) -> Generation:
         """A request's window, generated alongside the windows of every other request in flight."""
         try:
-            generation = await self._windows(call)
+            generation = await self.reranker.window(call)
         except EngineInputError as e:
             raise ServeError(400, f"the model cannot take this request: {e}") from None
         except Exception as e:
@@ -126,9 +126,9 @@ class Reranker:
 
     def __del__(self) -> None:
         """Serve calls this after in-flight requests finished (graceful shutdown): release the engine."""
-        engine = getattr(self, "engine", None)
-        if engine is not None:
-            engine.close()
+        reranker = getattr(self, "reranker", None)
+        if reranker is not None:
+            reranker.close()
 
     # ---- the HTTP side ---------------------------------------------------------------------------------
 
@@ -188,6 +188,8 @@ class Reranker:
                                  headers={"Retry-After": "5"}) from None
             except PromptTooLong as e:  # the request's fault: never the engine's, the replica stays healthy
                 raise ServeError(413, f"the request does not fit the model: {e}") from None
+            except ScoreUnavailable as e:
+                raise ServeError(422, str(e)) from None
             self.metrics.record_ranking(api_name, ranking)
             payload = respond(request_id, body, strategy, ranking).model_dump(mode="json", exclude_none=True)
             status = 200
@@ -204,7 +206,7 @@ class Reranker:
             logger.info("%s %s -> %d in %.3f s", api_name, request_id, status, elapsed)
 
     def _strategy_for(self, body: BaseModel) -> StrategyConfig:
-        strategy = self.config.strategy
+        strategy = self.reranker.strategy
         if isinstance(body, NativeRequest) and body.strategy is not None:
             try:
                 strategy = body.strategy.apply(strategy)
@@ -228,10 +230,8 @@ class Reranker:
         return min(seconds, limit)
 
     async def _rank(self, body: Any, strategy: StrategyConfig) -> DocumentRanking:
-        truncate = PassageTruncator(self.engine.tokenizer, strategy.passage_max_tokens,
-                                    self.config.engine.max_model_len, self.params.max_new_tokens)
-        return await rank_documents(body.query, body.texts, strategy.build(), truncate, self.window,
-                                    qid=getattr(body, "qid", None) or "")
+        return await self.reranker.rank(body.query, body.texts, strategy=strategy, score=getattr(body, "score", None),
+                                        qid=getattr(body, "qid", None) or "", window=self.window)
 
 
 def build_app(args: dict[str, Any] | ServeConfig) -> Application:

@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from reasonrank.config import EngineConfig, SamplingConfig, StrategyConfig, Strict
+from reasonrank.scores import ScoreKind
 
 
 class Autoscaling(Strict):
@@ -81,6 +82,7 @@ class ServeConfig(Strict):
     engine: EngineConfig = EngineConfig()
     strategy: StrategyConfig = StrategyConfig()
     sampling: SamplingConfig = SamplingConfig()
+    score: ScoreKind = "rank"  # relevance_score: "rank" = 1/(1+rank), "votes" = window votes (reasonrank/scores.py)
     # Windows (of all requests) one replica submits to its engine at once; the engine batches them
     # continuously. More wait for a slot. vLLM schedules up to its own max_num_seqs of them per step.
     max_windows_in_flight: int = Field(256, ge=1)

@@ -1,15 +1,17 @@
 """Prometheus metrics of the reranker, exported through Ray Serve (Ray's metrics endpoint, `ray_` prefix).
 
 Ray Serve adds its own (HTTP latency per route, ongoing requests); these add what only the reranker knows:
-latency by API and status, windows per request, windows in flight on the engine, malformed model outputs,
-tokens.
+latency by API and status, windows (LLM calls) and sequential rounds per request, windows in flight on the
+engine, malformed model outputs, answers forced by a reasoning budget, tokens.
 Serve tags every series with the deployment, replica and application. Create inside the replica.
 """
 from __future__ import annotations
 
 from ray.serve.metrics import Counter, Histogram
 
-from serve.ranking import DocumentRanking
+from reasonrank.types import sequential_depth
+
+from reasonrank.reranker import DocumentRanking
 
 _LATENCY_BUCKETS_S = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600]
 _WINDOW_BUCKETS = [1, 2, 3, 5, 9, 17, 33, 65, 129]
@@ -23,6 +25,10 @@ class RerankMetrics:
                                  boundaries=_LATENCY_BUCKETS_S, tag_keys=("api", "status"))
         self.windows = Histogram("reasonrank_windows_per_request", "Engine windows one request needed.",
                                  boundaries=_WINDOW_BUCKETS, tag_keys=("api",))
+        self.depth = Histogram("reasonrank_sequential_depth", "Sequential rounds of windows one request needed "
+                               "(what its latency grows with).", boundaries=_WINDOW_BUCKETS, tag_keys=("api",))
+        self.forced = Counter("reasonrank_forced_answers", "Windows whose reasoning hit its budget and whose "
+                              "answer was forced.", tag_keys=("api",))
         self.in_flight = Histogram("reasonrank_engine_windows_in_flight",
                                    "Windows (of all requests) the engine was generating when a window was "
                                    "submitted, that window included.", boundaries=_WINDOW_BUCKETS)
@@ -41,6 +47,10 @@ class RerankMetrics:
     def record_ranking(self, api: str, ranking: DocumentRanking) -> None:
         tags = {"api": api}
         self.windows.observe(len(ranking.windows), tags=tags)
+        self.depth.observe(sequential_depth(ranking.windows), tags=tags)
+        forced = sum(w.forced_answer for w in ranking.windows)
+        if forced:
+            self.forced.inc(forced, tags=tags)
         for window in ranking.windows:
             self.in_flight.observe(window.in_flight)
         if ranking.malformed_windows:

@@ -1,24 +1,25 @@
 """Turning one ranking into each API's response body.
 
-Every API reports the same ranking, best first, with `relevance_score = 1/(1+rank)` (see
-`serve.ranking.relevance_score`): strictly decreasing with rank and in (0, 1]. The score says where the
-model placed a document, not a calibrated probability.
+Every API reports the same ranking, best first, each document's `relevance_score` the score the server's
+config (`score`) or a native request asks for (`reasonrank/scores.py`): by default `1/(1+rank)`, strictly
+decreasing with rank and in (0, 1], which says where the model placed a document; `votes`, the share of
+the windows the model ranked it high in, can be thresholded. Neither is a calibrated probability.
 """
 from __future__ import annotations
 
 from reasonrank.config import StrategyConfig
-from reasonrank.parsing import extract_answer
-from serve.ranking import DocumentRanking, relevance_score, window_reasoning
+from reasonrank.parsing import extract_answer, extract_reasoning
+from reasonrank.reranker import DocumentRanking
+from reasonrank.types import sequential_depth
 from serve.schema import (ApiVersion, CohereMeta, CohereResponse, CompatibleRequest, JinaResponse, JinaUsage,
                           NativeRequest, NativeResponse, NativeUsage, RankedDocument, RerankResult, TokenUsage,
                           WindowReport)
 
 
 def _results(body: CompatibleRequest, ranking: DocumentRanking, return_documents: bool) -> list[RerankResult]:
-    top = ranking.order[: body.top_n] if body.top_n else ranking.order
-    return [RerankResult(index=i, relevance_score=relevance_score(rank),
-                         document=body.documents[i].model_dump() if return_documents else None)
-            for rank, i in enumerate(top)]
+    return [RerankResult(index=r.index, relevance_score=r.score,
+                         document=body.documents[r.index].model_dump() if return_documents else None)
+            for r in ranking.results(body.documents, body.top_n)]
 
 
 def cohere_response(request_id: str, body: CompatibleRequest, ranking: DocumentRanking, version: str) -> CohereResponse:
@@ -37,18 +38,21 @@ def jina_response(request_id: str, model: str, body: CompatibleRequest, ranking:
 def native_response(request_id: str, model: str, body: NativeRequest, strategy: StrategyConfig,
                     ranking: DocumentRanking) -> NativeResponse:
     ids = body.ids
-    ranked = [RankedDocument(rank=rank + 1, index=i, id=ids[i], relevance_score=relevance_score(rank),
+    ranked = [RankedDocument(rank=rank + 1, index=i, id=ids[i], relevance_score=score,
                              text=body.documents[i].text if body.return_documents else None)
-              for rank, i in enumerate(ranking.order)]
+              for rank, (i, score) in enumerate(zip(ranking.order, ranking.scores))]
     reasons = body.return_reasoning
     windows = [WindowReport(start=w.start, end=w.end, well_formed=w.well_formed, finish_reason=w.finish_reason,
                             prompt_tokens=w.prompt_tokens, completion_tokens=w.completion_tokens,
-                            latency_s=w.latency_s, in_flight=w.in_flight,
-                            reasoning=window_reasoning(w.response) if reasons else None,
+                            latency_s=w.latency_s, in_flight=w.in_flight, depth=w.depth,
+                            forced_answer=w.forced_answer,
+                            reasoning=extract_reasoning(w.response) if reasons else None,
                             answer=extract_answer(w.response) if reasons else None,
                             response=w.response if reasons else None)
                for w in ranking.windows]
     usage = NativeUsage(prompt_tokens=ranking.prompt_tokens, completion_tokens=ranking.completion_tokens,
-                        windows=len(ranking.windows), malformed_windows=ranking.malformed_windows)
+                        windows=len(ranking.windows), malformed_windows=ranking.malformed_windows,
+                        depth=sequential_depth(ranking.windows),
+                        forced_answers=sum(w.forced_answer for w in ranking.windows))
     return NativeResponse(id=request_id, model=model, qid=body.qid, strategy=strategy, ranking=ranked,
                           windows=windows, usage=usage)

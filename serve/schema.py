@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from reasonrank.config import StrategyConfig
+from reasonrank.config import ReasoningConfig, StrategyConfig
+from reasonrank.scores import ScoreKind
 
 
 class Document(BaseModel):
@@ -84,28 +85,38 @@ class NativeDocument(Document):
 
 
 class StrategyOverride(BaseModel):
-    """Per-request overrides of the configured strategy; unset fields keep the server's values."""
+    """Per-request overrides of the configured strategy: the strategy, its parameters and how much each window
+    may reason (`reasoning` replaces the server's whole); unset fields keep the server's values."""
 
     model_config = ConfigDict(extra="forbid")
 
-    name: Literal["sliding_window", "one_shot"] | None = None
+    name: Literal["sliding_window", "one_shot", "tdpart", "parallel_blocks"] | None = None
     window_size: int | None = Field(None, ge=1)
     step: int | None = Field(None, ge=1)
     depth: int | None = Field(None, ge=1)
+    cutoff: int | None = Field(None, ge=1)  # tdpart
+    rerank_top: bool | None = None  # parallel_blocks
+    reasoning: ReasoningConfig | None = None
 
     def apply(self, base: StrategyConfig) -> StrategyConfig:
-        """The server's strategy with these overrides; ValueError if a sliding window would skip passages."""
-        merged = base.model_copy(update=self.model_dump(exclude_none=True))
-        if merged.name == "sliding_window" and merged.step > merged.window_size:
-            raise ValueError(f"strategy.step ({merged.step}) is larger than strategy.window_size "
-                             f"({merged.window_size}): passages between windows would never be ranked")
-        return merged
+        """The server's strategy with these overrides, validated whole; ValueError naming each field at fault
+        (a sliding window that would skip passages, a tdpart cutoff outside its window, …)."""
+        merged = {**base.model_dump(), **self.model_dump(exclude_none=True)}
+        if merged["name"] == "sliding_window" and merged["step"] > merged["window_size"]:
+            raise ValueError(f"strategy.step ({merged['step']}) is larger than strategy.window_size "
+                             f"({merged['window_size']}): passages between windows would never be ranked")
+        try:
+            return StrategyConfig.model_validate(merged)
+        except ValidationError as e:
+            raise ValueError("; ".join(".".join(("strategy", *map(str, err["loc"]))) + ": " + err["msg"]
+                                       for err in e.errors())) from None
 
 
 class NativeRequest(_Request):
     documents: list[Annotated[NativeDocument, BeforeValidator(_document_from_string)]]
     qid: str | None = None
     strategy: StrategyOverride | None = None
+    score: ScoreKind | None = None  # "rank" or "votes" (reasonrank/scores.py); None: the server's `score`
     return_reasoning: bool = False
     return_documents: bool = False
 
@@ -188,6 +199,8 @@ class WindowReport(BaseModel):
     completion_tokens: int
     latency_s: float
     in_flight: int  # windows the engine was generating (all requests') when this one was submitted, itself included
+    depth: int = 0  # the request's sequential round this window ran in (0: first)
+    forced_answer: bool = False  # its reasoning hit the budget and the answer was forced (two engine calls)
     reasoning: str | None = None  # these three only when the request asks for return_reasoning
     answer: str | None = None
     response: str | None = None  # the model's whole output for the window, as generated
@@ -196,8 +209,10 @@ class WindowReport(BaseModel):
 class NativeUsage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
-    windows: int
+    windows: int  # LLM calls (a window whose answer was forced counts once)
     malformed_windows: int
+    depth: int = 0  # sequential rounds of windows: what the latency grows with
+    forced_answers: int = 0  # windows whose reasoning hit the budget
 
 
 class NativeResponse(BaseModel):

@@ -9,10 +9,10 @@ from pydantic import ValidationError
 
 from reasonrank.config import ConfigError, load_config
 
-from reasonrank.parsing import extract_answer
+from reasonrank.parsing import extract_answer, extract_reasoning
+from reasonrank.scores import relevance_score
 from serve.errors import validation_message
 from serve.config import ServeConfig
-from serve.ranking import relevance_score, window_reasoning
 from serve.schema import CohereRequest, NativeRequest
 
 
@@ -29,7 +29,7 @@ def test_relevance_score_strictly_decreasing_in_unit_interval():
 ])
 def test_window_reasoning(text, expected):
     """Every backend returns reasoning inside `<think>` (the OpenAI one folds a server's separate reasoning in)."""
-    assert window_reasoning(text) == expected
+    assert extract_reasoning(text) == expected
 
 
 def test_window_answer_comes_from_the_parser():

@@ -47,11 +47,11 @@ class RankingStrategy(ABC):
 
     @staticmethod
     def window_log(request: RerankRequest, strategy: str, call: EngineCall, gen: Generation,
-                   well_formed: bool) -> WindowLog:
+                   well_formed: bool, ranked: list[str] | None = None) -> WindowLog:
         return WindowLog(
             qid=request.query.qid, strategy=strategy, start=call.start, end=call.end,
             prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens,
             latency_s=gen.latency_s, well_formed=well_formed, finish_reason=gen.finish_reason,
             response=gen.text, in_flight=gen.extra.get("in_flight", 1), depth=gen.extra.get("round", 0),
-            forced_answer=gen.extra.get("forced_answer", False),
+            forced_answer=gen.extra.get("forced_answer", False), ranked=ranked,
         )

@@ -43,5 +43,6 @@ class SlidingWindow(RankingStrategy):
             gen = yield call
             parsed = parse_ranking(gen.text, len(window))
             ranked[start:end] = [window[i] for i in parsed.order]
-            logs.append(self.window_log(request, self.name, call, gen, parsed.well_formed))
+            logs.append(self.window_log(request, self.name, call, gen, parsed.well_formed,
+                                        [c.docid for c in ranked[start:end]]))
         return RankedList(request.query.qid, ranked, logs)

@@ -1,0 +1,220 @@
+"""The reranker, in process: an engine, a ranking strategy, sampling parameters and a passage truncator, held
+together. The serving replica (`serve/app.py`) and the evaluate job rank through this same object.
+
+    from reasonrank import Reranker
+
+    reranker = Reranker.from_model("liuwenhan/reasonrank-7B")               # vLLM; backend="transformers"|"openai"
+    reranker = Reranker.from_config("configs/serve-reasonrank-7b.yaml")     # any serve or evaluate config
+    for result in reranker.rerank("why do cats purr", documents, top_n=3):  # index, score, document
+        print(result.index, result.score, result.document)
+
+`rerank_batch` ranks many queries at once through the one strategy driver (each query advances the moment
+its own window returns, the engine batches every query's windows); `arerank` and `arerank_batch` are the
+same for async callers. A call may name another strategy (`strategy=StrategyConfig(...)`) and another score
+(`score="votes"`, see `reasonrank.scores`) than the reranker's defaults.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from reasonrank.config import (EngineConfig, SamplingConfig, StrategyConfig, Strict, apply_overrides,
+                               parse_config)
+from reasonrank.engines import build_engine
+from reasonrank.engines.base import Engine, Generation, run_sync
+from reasonrank.prompt import PassageTruncator
+from reasonrank.scores import ScoreKind, scores
+from reasonrank.strategies import EngineCall, arerank, drive, engine_windows
+from reasonrank.strategies.reasoning import WindowFn
+from reasonrank.types import Candidate, Query, RankedList, RerankRequest, WindowLog
+
+log = logging.getLogger(__name__)
+
+Document = str | Mapping[str, Any]  # a text, or an object whose `text` is ranked (kept whole in results)
+
+
+@dataclass(frozen=True)
+class RerankResult:
+    index: int  # position in the documents given
+    score: float
+    document: Document
+
+
+@dataclass(frozen=True)
+class DocumentRanking:
+    """One query's documents ranked: indices best first (always a permutation), their scores, the windows."""
+
+    order: list[int]
+    scores: list[float]  # of order[0], order[1], …
+    windows: list[WindowLog]
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(w.prompt_tokens for w in self.windows)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(w.completion_tokens for w in self.windows)
+
+    @property
+    def malformed_windows(self) -> int:
+        return sum(not w.well_formed for w in self.windows)
+
+    def results(self, documents: Sequence[Document], top_n: int | None = None) -> list[RerankResult]:
+        """The best `top_n` (all with None) as results carrying `documents`' own entries."""
+        top = self.order[:top_n] if top_n else self.order
+        return [RerankResult(i, score, documents[i]) for i, score in zip(top, self.scores)]
+
+
+class _Pieces(Strict):
+    """What every config that hosts a reranker composes; a job's other keys are its own."""
+
+    engine: EngineConfig = EngineConfig()
+    strategy: StrategyConfig = StrategyConfig()
+    sampling: SamplingConfig = SamplingConfig()
+
+
+class Reranker:
+    def __init__(self, engine: Engine, strategy: StrategyConfig = StrategyConfig(),
+                 sampling: SamplingConfig = SamplingConfig(), *, score: ScoreKind = "rank",
+                 max_windows_in_flight: int = 64, context_tokens: int | None = None, owns_engine: bool = False):
+        """`engine` already running (or an engine pool); `context_tokens` (the engine's max_model_len) makes
+        each window fit the context; `owns_engine`: `close` closes the engine too."""
+        if max_windows_in_flight < 1:
+            raise ValueError(f"max_windows_in_flight must be >= 1, got {max_windows_in_flight}")
+        self.engine, self.strategy, self.score = engine, strategy, score
+        self.params = sampling.params()
+        self.max_windows_in_flight = max_windows_in_flight
+        self.context_tokens = context_tokens
+        self._owns_engine = owns_engine
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._windows: WindowFn | None = None
+
+    @classmethod
+    def build(cls, engine: EngineConfig, strategy: StrategyConfig = StrategyConfig(),
+              sampling: SamplingConfig = SamplingConfig(), **options: Any) -> Reranker:
+        """Start the engine `engine` describes; the strategy takes the prompt settings the model was trained
+        with wherever it does not set its own. `options`: those of the constructor."""
+        if engine.backend != "openai":
+            strategy = strategy.for_model(engine.model, log)
+        return cls(build_engine(engine), strategy, sampling, context_tokens=engine.max_model_len, owns_engine=True,
+                   **options)
+
+    @classmethod
+    def from_model(cls, model: str, backend: str = "vllm", strategy: str | StrategyConfig = "sliding_window",
+                   max_new_tokens: int = 3072, *, score: ScoreKind = "rank", **engine: Any) -> Reranker:
+        """A reranker from arguments: the model (a folder, hub id, or an endpoint's model name), the backend
+        ("vllm", "transformers", "openai"), the strategy (a name or a config), the reasoning budget in new
+        tokens per window; `engine`: other `EngineConfig` keys (base_url, dtype, max_model_len, …)."""
+        strategy = strategy if isinstance(strategy, StrategyConfig) else StrategyConfig(name=strategy)
+        return cls.build(EngineConfig(backend=backend, model=model, **engine), strategy,
+                         SamplingConfig(max_new_tokens=max_new_tokens), score=score)
+
+    @classmethod
+    def from_config(cls, path: str | os.PathLike, overrides: Mapping[str, Any] | None = None, *,
+                    score: ScoreKind = "rank") -> Reranker:
+        """A reranker from a serve or evaluate YAML config (its `engine`, `strategy` and `sampling`, and its
+        windows in flight); `overrides` are dotted keys, as `--set` takes them."""
+        with open(path, encoding="utf-8") as f:
+            data = apply_overrides(yaml.safe_load(f) or {}, dict(overrides or {}))
+        pieces = parse_config({k: data[k] for k in _Pieces.model_fields if k in data}, _Pieces, os.fspath(path))
+        in_flight = data.get("max_windows_in_flight") or data.get("windows_in_flight_per_replica") or 64
+        return cls.build(pieces.engine, pieces.strategy, pieces.sampling, score=score,
+                         max_windows_in_flight=in_flight)
+
+    # ---- one query --------------------------------------------------------------------------------------
+
+    def rerank(self, query: str, documents: Sequence[Document], top_n: int | None = None, *,
+               strategy: StrategyConfig | None = None, score: ScoreKind | None = None) -> list[RerankResult]:
+        """`documents` ranked for `query`, best first (the best `top_n`)."""
+        return run_sync(self.arerank(query, documents, top_n, strategy=strategy, score=score))
+
+    async def arerank(self, query: str, documents: Sequence[Document], top_n: int | None = None, *,
+                      strategy: StrategyConfig | None = None, score: ScoreKind | None = None) -> list[RerankResult]:
+        ranking = await self.rank(query, [document_text(d) for d in documents], strategy=strategy, score=score)
+        return ranking.results(documents, top_n)
+
+    async def rank(self, query: str, texts: Sequence[str], *, strategy: StrategyConfig | None = None,
+                   score: ScoreKind | None = None, qid: str = "", window: WindowFn | None = None) -> DocumentRanking:
+        """The whole ranking of `texts` with its windows. Each window comes from `window` when given (the
+        service wraps `self.window` to tell the engine's faults apart), else from `self.window`."""
+        strategy = strategy or self.strategy
+        request = RerankRequest.of(Query(qid, query), [Candidate(str(i), t) for i, t in enumerate(texts)])
+        ranked = await drive(strategy.build(), request, self.truncator(strategy), window or self.window)
+        return _ranking(ranked, score or self.score)
+
+    async def window(self, call: EngineCall) -> Generation:
+        """One window from the engine, at most `max_windows_in_flight` (of every call on this loop) at once."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # a semaphore belongs to one loop; each sync call runs on a new one
+            self._loop = loop
+            self._windows = engine_windows(self.engine, self.params, asyncio.Semaphore(self.max_windows_in_flight))
+        return await self._windows(call)
+
+    # ---- many queries -----------------------------------------------------------------------------------
+
+    def rerank_batch(self, queries: Sequence[str], documents: Sequence[Sequence[Document]],
+                     top_n: int | None = None, *, strategy: StrategyConfig | None = None,
+                     score: ScoreKind | None = None) -> list[list[RerankResult]]:
+        """`documents[i]` ranked for `queries[i]`, every query at once."""
+        return run_sync(self.arerank_batch(queries, documents, top_n, strategy=strategy, score=score))
+
+    async def arerank_batch(self, queries: Sequence[str], documents: Sequence[Sequence[Document]],
+                            top_n: int | None = None, *, strategy: StrategyConfig | None = None,
+                            score: ScoreKind | None = None) -> list[list[RerankResult]]:
+        if len(queries) != len(documents):
+            raise ValueError(f"{len(queries)} queries but {len(documents)} lists of documents")
+        requests = [RerankRequest.of(Query(str(q), query), [Candidate(str(i), document_text(d))
+                                                            for i, d in enumerate(docs)])
+                    for q, (query, docs) in enumerate(zip(queries, documents))]
+        ranked = await self.arank_requests(requests, strategy=strategy)
+        return [_ranking(r, score or self.score).results(docs, top_n) for r, docs in zip(ranked, documents)]
+
+    def rank_requests(self, requests: list[RerankRequest], *, strategy: StrategyConfig | None = None,
+                      on_query_done: Callable[[RankedList], None] | None = None) -> list[RankedList]:
+        """Rerank each request's candidates (the evaluate job's form); `on_query_done` hears each ranking
+        as it finishes."""
+        return run_sync(self.arank_requests(requests, strategy=strategy, on_query_done=on_query_done))
+
+    async def arank_requests(self, requests: list[RerankRequest], *, strategy: StrategyConfig | None = None,
+                             on_query_done: Callable[[RankedList], None] | None = None) -> list[RankedList]:
+        strategy = strategy or self.strategy
+        return await arerank(self.engine, strategy.build(), requests, self.params, self.truncator(strategy),
+                             self.max_windows_in_flight, on_query_done)
+
+    # ---- parts ------------------------------------------------------------------------------------------
+
+    def truncator(self, strategy: StrategyConfig | None = None) -> PassageTruncator:
+        """Cuts passages to `strategy`'s budget and windows to the engine's context, the answer's room kept."""
+        budget = (strategy or self.strategy).passage_max_tokens
+        return PassageTruncator(self.engine.tokenizer, budget, self.context_tokens, self.params.max_new_tokens)
+
+    def close(self) -> None:
+        if self._owns_engine:
+            self.engine.close()
+
+    def __enter__(self) -> Reranker:
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.close()
+
+
+def document_text(document: Document) -> str:
+    """The text ranked for a document: itself, or an object's `text`."""
+    if isinstance(document, str):
+        return document
+    if isinstance(document, Mapping) and isinstance(document.get("text"), str):
+        return document["text"]
+    raise TypeError(f"a document is a string or a mapping with a string `text`, got {document!r:.80}")
+
+
+def _ranking(ranked: RankedList, score: ScoreKind) -> DocumentRanking:
+    return DocumentRanking([int(d) for d in ranked.docids], scores(score, ranked.docids, ranked.windows),
+                           ranked.windows)
