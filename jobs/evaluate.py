@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import Field
 
 from jobs.common import init_ray, main
+from jobs.progress import StageProgress
 from reasonrank import fingerprint, storage
 from reasonrank.config import DataConfig, EngineConfig, SamplingConfig, StrategyConfig, Strict, load_config
 from reasonrank.data.trec import Run, read_run, write_run
@@ -59,8 +60,6 @@ def run(config_path: str, overrides: dict[str, Any]) -> dict[str, Any]:
 
 
 def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
-    from tqdm import tqdm
-
     from actors.engine_pool import EnginePool
 
     if cfg.build_tiny_model:
@@ -76,23 +75,27 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     todo = [r for r in requests if r.query.qid not in done]
     log.info("%d queries, %d already reranked, %d to go", len(requests), len(done), len(todo))
 
+    bar = StageProgress("evaluate", len(requests), "queries", cfg.output_dir, done=len(done))
     if todo:
         init_ray(cfg.ray_num_cpus)
+        bar.status("starting the engine replicas")
         pool = EnginePool(cfg.engine, replicas=cfg.replicas, num_cpus_per_replica=cfg.num_cpus_per_replica,
                           num_gpus_per_replica=cfg.num_gpus_per_replica)
         try:
             reranker = Reranker(pool, cfg.strategy, cfg.sampling, context_tokens=cfg.engine.max_model_len,
                                 max_windows_in_flight=cfg.windows_in_flight_per_replica * cfg.replicas)
             parts = _PartWriter(parts_dir, len(storage.listdir(parts_dir)), cfg.queries_per_part, done)
-            with tqdm(total=len(requests), initial=len(done), desc="rerank", unit="query") as bar:
+            with bar:
                 def finished(ranked: RankedList) -> None:
                     parts.add(ranked)
-                    bar.update(1)
+                    bar.advance(1)
 
                 reranker.rank_requests(todo, on_query_done=finished)
                 parts.flush()
         finally:
             pool.close()
+    if not bar.finished:
+        bar.finish("already reranked")
     return _report(cfg, requests, done, dataset.qrels, depth, baseline)
 
 

@@ -31,6 +31,7 @@ import ray
 from pydantic import Field, model_validator
 
 from jobs.common import init_ray, main
+from jobs.progress import StageProgress
 from reasonrank import fingerprint, storage
 from reasonrank.config import DataConfig, EngineConfig, PromptConfig, Strict, load_config, save_prompt
 from reasonrank.data.training_sets import RLSample
@@ -182,11 +183,13 @@ class GRPOConfig(Strict):
 def run(config_path: str, overrides: dict[str, Any]) -> dict[str, Any]:
     cfg = load_config(config_path, GRPOConfig, overrides)
     init_ray(cfg.ray_num_cpus)
-    trainer = GRPOTrainer(cfg)
-    try:
-        return trainer.train()
-    finally:
-        trainer.close()
+    with StageProgress("grpo", 0, "responses", cfg.output_dir) as progress:
+        progress.status("starting the rollout engines and learners")
+        trainer = GRPOTrainer(cfg)
+        try:
+            return trainer.train(progress)
+        finally:
+            trainer.close()
 
 
 def load_rl_set(path: str | None, data: DataConfig, window: int) -> list[RLSample]:
@@ -286,25 +289,40 @@ class GRPOTrainer:
 
     # --- the loop ---------------------------------------------------------------------------------------------
 
-    def train(self) -> dict[str, Any]:
+    def train(self, progress: StageProgress | None = None) -> dict[str, Any]:
+        """Run the steps left; `progress` counts the responses generated (rollouts and evaluations)."""
         cfg = self.cfg
         resumed = self.resume()
-        if not self.evals:
+        per_step = cfg.algorithm.prompts_per_step * cfg.algorithm.group_size
+        per_eval = len(self.eval_set) * cfg.eval.samples
+        evals = 2 + (len(range(cfg.eval.every, cfg.steps, cfg.eval.every)) if cfg.eval.every else 0)
+        progress = progress or StageProgress("grpo", 0, "responses", cfg.output_dir)
+        progress.set_total(cfg.steps * per_step + evals * per_eval,
+                           done=self.step * per_step + len(self.evals) * per_eval)
+
+        def evaluate() -> None:
+            progress.status(f"evaluating at step {self.step}/{cfg.steps}")
             self.evaluate()
+            progress.advance(per_eval, f"evaluated at step {self.step}/{cfg.steps}")
+
+        if not self.evals:
+            evaluate()
         while self.step < cfg.steps:
             metrics = self.train_step()
+            progress.advance(per_step, f"step {self.step}/{cfg.steps}, reward {metrics['reward_mean']:.3f}")
             log.info("step %d/%d  reward %.3f±%.3f  well-formed %.0f%%  kl %.4f  loss %.4f  "
                      "time %.1fs (gen %.1f, reward %.1f, learn %.1f, push %.1f)",
                      self.step, cfg.steps, metrics["reward_mean"], metrics["reward_std"],
                      100 * metrics["well_formed"], metrics.get("kl", 0.0), metrics["loss"], metrics["time_step"],
                      metrics["time_generate"], metrics["time_reward"], metrics["time_learn"], metrics["time_push"])
             if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < cfg.steps:
-                self.evaluate()
+                evaluate()
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                 self.save_checkpoint()
             self.write_reports()
         if self.evals[-1]["step"] != self.step:
-            self.evaluate()
+            evaluate()
+        progress.status("exporting the model")
         if cfg.export:
             self.learners.export(storage.join(cfg.output_dir, "final"))
             save_prompt(storage.join(cfg.output_dir, "final"), self.trained_prompt())

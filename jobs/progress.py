@@ -108,7 +108,9 @@ class StageProgress:
             self._emit(force=True)
 
     def left_s(self) -> float | None:
-        if self._first_at is None or self.done <= self._first_done or self.total <= self.done:
+        if self.total and self.done >= self.total:
+            return 0.0
+        if self._first_at is None or self.done <= self._first_done:
             return None
         rate = (self.done - self._first_done) / max(time.monotonic() - self._first_at, 1e-9)
         return (self.total - self.done) / rate

@@ -33,6 +33,7 @@ import pyarrow as pa
 from fsspec.implementations.local import LocalFileSystem
 
 from jobs.common import init_ray, main
+from jobs.progress import ProgressRelay, StageProgress
 from jobs.sft_config import SFTConfig, SFTDataConfig
 from reasonrank import fingerprint, storage
 from reasonrank.config import load_config, save_prompt
@@ -58,16 +59,21 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
     cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": _absolute(cfg.model.path)}),
                                  "output_dir": _absolute(cfg.output_dir)})
     init_ray(cfg.ray_num_cpus)
+    progress = StageProgress("sft", 0, "steps", cfg.output_dir)
+    progress.status("tokenizing the SFT set")
     dataset, kept, pad_id = _tokenized_dataset(cfg)
     plan = _plan(cfg, kept)
+    progress.set_total(plan.total_steps)
+    progress.status("starting the Ray Train workers")
     log.info("SFT: %d samples, %d workers, %d steps (%d per epoch); checkpoints in %s", kept,
              cfg.scaling.num_workers, plan.total_steps, plan.steps_per_epoch, run_dir)
     ingest = ray.train.DataConfig.default_ingest_options()
     ingest.preserve_order = True  # the same split and order on every attempt: a resume continues the data
+    relay = ProgressRelay(progress)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "plan": asdict(plan), "pad_id": pad_id,
-                           "run_dir": run_dir},
+                           "run_dir": run_dir, "progress": relay.handle},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
             resources_per_worker=dict(cfg.scaling.resources_per_worker),
@@ -80,9 +86,10 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
         datasets={"train": dataset},
         dataset_config=ray.train.DataConfig(execution_options=ingest, enable_shard_locality=False),
     )
-    result = trainer.fit()
-    save_prompt(storage.join(cfg.output_dir, "final"), cfg.data.trained_prompt())
-    return _summary(cfg, plan, kept, run_dir, result)
+    with progress, relay:
+        result = trainer.fit()
+        save_prompt(storage.join(cfg.output_dir, "final"), cfg.data.trained_prompt())
+        return _summary(cfg, plan, kept, run_dir, result)
 
 
 def results_fingerprint(cfg: SFTConfig) -> dict[str, Any]:
@@ -255,6 +262,8 @@ def train_loop_per_worker(job: dict[str, Any]) -> None:
     for record in sft_steps(engine, plan, state, batches, job["pad_id"]):
         metrics = {k: v for k, v in record.items() if k != "samples"} | {"resumed_from_step": resumed_from}
         if rank == 0:
+            if job.get("progress") is not None:
+                job["progress"].report.remote(record["step"])  # the driver's progress line (no wait)
             log.info("step %d/%d epoch %d loss %.4f lr %.3g tokens/s %.0f step %.2fs", record["step"],
                      plan.total_steps, record["epoch"], record["loss"], record["lr"], record["tokens_per_s"],
                      record["step_time_s"])

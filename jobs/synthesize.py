@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
 from jobs.common import init_ray, main
+from jobs.progress import StageProgress
 from reasonrank import fingerprint, storage
 from reasonrank.config import ConfigError, DataConfig, EngineConfig, PromptConfig, SamplingConfig, Strict, load_config
 from reasonrank.data.dataset import RetrievalDataset
@@ -107,13 +108,16 @@ def synthesize(cfg: SynthesizeConfig) -> dict[str, Any]:
              len(items) - len(todo), len(todo))
     this_run: Counter = Counter()
     served: dict[str, Any] = {}
-    if todo:
-        with _teacher_endpoint(cfg.teacher, dataset, served) as engine:
-            this_run = _label(cfg, engine, todo, labels_store.path, errors_store.path)
-    labels = labels_store.read()
-    errors = outstanding_errors(errors_store.rows(), labels)
-    assembly = assemble(requests, items, labels, errors, ConsistencyFilter(cfg.alpha), truncate)
-    return _report(cfg, items, labels, assembly, this_run, served, already=len(items) - len(todo))
+    with StageProgress("synthesize", len(items), "teacher labels", cfg.output_dir,
+                       done=len(items) - len(todo)) as progress:
+        if todo:
+            with _teacher_endpoint(cfg.teacher, dataset, served) as engine:
+                this_run = _label(cfg, engine, todo, labels_store.path, errors_store.path, progress)
+        progress.status("self-consistency filter, SFT and RL sets")
+        labels = labels_store.read()
+        errors = outstanding_errors(errors_store.rows(), labels)
+        assembly = assemble(requests, items, labels, errors, ConsistencyFilter(cfg.alpha), truncate)
+        return _report(cfg, items, labels, assembly, this_run, served, already=len(items) - len(todo))
 
 
 def results_fingerprint(cfg: SynthesizeConfig) -> dict[str, Any]:
@@ -171,10 +175,9 @@ def _per_labeler(engine: EngineConfig, labelers: int) -> EngineConfig:
 
 
 def _label(cfg: SynthesizeConfig, engine: EngineConfig, todo: list[LabelItem], labels_path: str,
-           errors_path: str) -> Counter:
+           errors_path: str, progress: StageProgress) -> Counter:
     """Label `todo` on Ray Data over the actor pool; returns this run's counts and token totals."""
     import ray
-    from tqdm import tqdm
 
     from actors.labeler import TeacherLabeler
 
@@ -194,14 +197,12 @@ def _label(cfg: SynthesizeConfig, engine: EngineConfig, todo: list[LabelItem], l
                                            max_tasks_in_flight_per_actor=batches_per_labeler),
     )
     counts: Counter = Counter()
-    with tqdm(total=len(todo), desc="teacher labels", unit="item", mininterval=2) as bar:
-        for batch in results.iter_batches(batch_size=None, batch_format="pyarrow"):
-            for row in batch.to_pylist():
-                counts[row["status"]] += 1
-                counts["tokens_in"] += row["prompt_tokens"] or 0
-                counts["tokens_out"] += row["completion_tokens"] or 0
-            bar.update(batch.num_rows)
-            bar.set_postfix(labelled=counts["label"], failed=counts["error"])
+    for batch in results.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for row in batch.to_pylist():
+            counts[row["status"]] += 1
+            counts["tokens_in"] += row["prompt_tokens"] or 0
+            counts["tokens_out"] += row["completion_tokens"] or 0
+        progress.advance(batch.num_rows, f"{counts['error']} failed" if counts["error"] else None)
     return counts
 
 
