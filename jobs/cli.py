@@ -50,6 +50,29 @@ def evaluate(config: ConfigOpt, set_: SetOpt = None) -> None:
 
 
 @app.command()
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="the baseline's TREC run", exists=True, dir_okay=False)],
+    run_b: Annotated[Path, typer.Argument(help="the TREC run compared with it", exists=True, dir_okay=False)],
+    qrels: Annotated[Path, typer.Option(help="TREC qrels of the queries", exists=True, dir_okay=False)],
+    metric: Annotated[Optional[list[str]], typer.Option(help="ndcg@k, recall@k or mrr@k (repeatable)")] = None,
+) -> None:
+    """Is RUN_B better than RUN_A, or could the choice of queries alone make the gap? Per metric: the mean
+    difference B - A over the judged queries, its 95% bootstrap CI and a paired randomisation test."""
+    from reasonrank.data.trec import read_qrels, read_run
+    from reasonrank.significance import compare_runs
+
+    try:
+        compared = compare_runs(read_run(run_a), read_run(run_b), read_qrels(qrels), metric or ["ndcg@10"])
+    except ValueError as e:
+        typer.echo(f"cannot compare: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"B = {run_b} vs A = {run_a}")
+    for difference in compared.values():
+        typer.echo(f"  {difference.metric}: A {difference.baseline:.4f}, B {difference.system:.4f}; "
+                   f"{difference.describe()}")
+
+
+@app.command()
 def synthesize(config: ConfigOpt, set_: SetOpt = None) -> None:
     """Label queries' candidates with a teacher LLM, filter for self-consistency, write the SFT and RL sets."""
     _run_job("synthesize", config, set_)

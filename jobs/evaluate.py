@@ -27,10 +27,10 @@ from jobs.progress import StageProgress
 from reasonrank import fingerprint, storage
 from reasonrank.config import DataConfig, EngineConfig, SamplingConfig, StrategyConfig, Strict, load_config
 from reasonrank.data.trec import Run, read_run, write_run
-from reasonrank.metrics import evaluate_run, per_query_metrics
+from reasonrank.metrics import evaluate_run
 from reasonrank.reporting import metrics_table, plot_metrics
 from reasonrank.reranker import Reranker
-from reasonrank.significance import PairedDifference, paired_difference
+from reasonrank.significance import compare_runs
 from reasonrank.types import RankedList, RerankRequest
 
 log = logging.getLogger("jobs.evaluate")
@@ -123,12 +123,6 @@ def _read_baseline(path: str, qids: list[str]) -> Run:
     return {q: run[q] for q in qids}
 
 
-def _compare(baseline: Run, reranked: Run, qrels: dict[str, dict[str, int]]) -> dict[str, PairedDifference]:
-    before, after = per_query_metrics(baseline, qrels), per_query_metrics(reranked, qrels)
-    return {m: paired_difference({q: v[m] for q, v in before.items()}, {q: v[m] for q, v in after.items()}, m)
-            for m in REPORTED}
-
-
 class _PartWriter:
     """Finished queries, saved `per_part` at a time as the next numbered part (what a resume keeps)."""
 
@@ -189,7 +183,7 @@ def _report(cfg: EvaluateConfig, requests: list[RerankRequest], done: dict[str, 
         "before": {m: before_m.get(m) for m in REPORTED},
         "after": {m: after_m.get(m) for m in REPORTED},
     }
-    compared = _compare(baseline, reranked_scores, qrels) if baseline is not None else {}
+    compared = compare_runs(baseline, reranked_scores, qrels, REPORTED) if baseline is not None else {}
     if compared:
         summary["vs_baseline"] = {"run": cfg.baseline_run, **{m: d.as_dict() for m, d in compared.items()}}
     out = cfg.output_dir

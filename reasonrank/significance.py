@@ -6,15 +6,23 @@ queries makes. Compared query by query (each query ranked by both), the mean dif
 - the p-value of a two-sided paired randomisation test: each query's two scores swapped at random
   (`scipy.stats.permutation_test`), the test Smucker, Allan and Carterette recommend for IR evaluation
   ("A Comparison of Statistical Significance Tests for Information Retrieval Evaluation", CIKM 2007).
+
+`compare_runs` makes the comparison for two whole runs (what the evaluate job's `baseline_run` and
+`reasonrank compare RUN_A RUN_B --qrels …` report).
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
 from scipy import stats
+
+from reasonrank.metrics import per_query_metrics
+
+_METRIC = re.compile(r"(ndcg|recall|mrr)@([1-9][0-9]*)")
 
 
 @dataclass(frozen=True)
@@ -69,3 +77,21 @@ def paired_difference(baseline: Mapping[str, float], system: Mapping[str, float]
     test = stats.permutation_test((b, a), lambda x, y, axis: np.mean(x - y, axis=axis), vectorized=True,
                                   permutation_type="samples", n_resamples=resamples, rng=rng)
     return PairedDifference(metric, len(qids), float(a.mean()), float(b.mean()), low, high, float(test.pvalue))
+
+
+def compare_runs(baseline: Mapping[str, Mapping[str, float]], system: Mapping[str, Mapping[str, float]],
+                 qrels: Mapping[str, Mapping[str, int]], metrics: Sequence[str] = ("ndcg@10",),
+                 resamples: int = 9999, seed: int = 0) -> dict[str, PairedDifference]:
+    """`system` minus `baseline` (runs: qid -> docid -> score) on each of `metrics` (ndcg@k, recall@k,
+    mrr@k), over the judged queries; ValueError when a judged query is ranked by one run only."""
+    return {name: paired_difference(_per_query(baseline, qrels, name), _per_query(system, qrels, name), name,
+                                    resamples, seed)
+            for name in metrics}
+
+
+def _per_query(run: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapping[str, int]],
+               name: str) -> dict[str, float]:
+    if not (found := _METRIC.fullmatch(name)):
+        raise ValueError(f"unknown metric {name!r}; use ndcg@k, recall@k or mrr@k")
+    k = int(found.group(2))
+    return {q: v[name] for q, v in per_query_metrics(run, qrels, ndcg_ks=(k,), recall_ks=(k,), mrr_k=k).items()}
