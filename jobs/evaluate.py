@@ -170,6 +170,8 @@ def _report(cfg: EvaluateConfig, requests: list[RerankRequest], done: dict[str, 
     reranked_scores = _as_scores(reranked)
     after_m = evaluate_run(reranked_scores, qrels)
     n_win = max(len(windows), 1)
+    rounds = [max((w.get("depth", 0) for w in rec["windows"]), default=-1) + 1 for rec in done.values()]
+    n_query = max(len(done), 1)
     summary = {
         "queries": len(requests),
         "windows": len(windows),
@@ -180,6 +182,15 @@ def _report(cfg: EvaluateConfig, requests: list[RerankRequest], done: dict[str, 
         "depth": depth,
         "model": cfg.engine.model,
         "strategy": cfg.strategy.name,
+        "reasoning": cfg.strategy.reasoning.model_dump(),
+        "forced_answers": sum(w.get("forced_answer", False) for w in windows),
+        "per_query": {  # what one query costs: LLM calls, sequential rounds (latency grows with these), tokens
+            "llm_calls": len(windows) / n_query,
+            "sequential_depth": sum(rounds) / n_query,
+            "max_sequential_depth": max(rounds, default=0),
+            "prompt_tokens": sum(w["prompt_tokens"] for w in windows) / n_query,
+            "completion_tokens": sum(w["completion_tokens"] for w in windows) / n_query,
+        },
         "before": {m: before_m.get(m) for m in REPORTED},
         "after": {m: after_m.get(m) for m in REPORTED},
     }
@@ -197,6 +208,9 @@ def _report(cfg: EvaluateConfig, requests: list[RerankRequest], done: dict[str, 
         plot_metrics(columns, REPORTED, png, f"{cfg.strategy.name} · {os.path.basename(cfg.engine.model.rstrip('/'))}")
     print(metrics_table(columns, REPORTED))
     print(f"well-formed windows: {summary['well_formed_rate']:.1%} of {summary['windows']}; outputs in {out}")
+    cost = summary["per_query"]
+    print(f"per query: {cost['llm_calls']:.1f} LLM calls in {cost['sequential_depth']:.1f} sequential rounds, "
+          f"{cost['prompt_tokens']:.0f} prompt and {cost['completion_tokens']:.0f} completion tokens")
     if compared:
         print(f"vs {cfg.baseline_run}: {compared['ndcg@10'].describe()}")
     return summary

@@ -54,6 +54,9 @@ def test_evaluate_compares_the_reranked_run_with_a_baseline_run(ray_cluster, dem
     # the untrained model leaves the BM25 order, below the oracle on every query that BM25 gets wrong
     assert ndcg["difference"] < 0 and ndcg["ci_high"] <= 0
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["vs_baseline"] == vs
+    cost = summary["per_query"]  # windows of 10, step 5, over 20 candidates: 3 windows, one after another
+    assert (cost["llm_calls"], cost["sequential_depth"], cost["max_sequential_depth"]) == (3, 3, 3)
+    assert cost["prompt_tokens"] > cost["completion_tokens"] > 0
 
 
 def test_a_baseline_run_missing_a_query_is_refused_before_any_reranking(demo_data, tiny_model_dir, tmp_path):
