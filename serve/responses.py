@@ -18,7 +18,7 @@ from serve.schema import (ApiVersion, CohereMeta, CohereResponse, CompatibleRequ
 
 def _results(body: CompatibleRequest, ranking: DocumentRanking, return_documents: bool) -> list[RerankResult]:
     return [RerankResult(index=r.index, relevance_score=r.score,
-                         document=body.documents[r.index].model_dump() if return_documents else None)
+                         document=body.documents[r.index].model_dump(exclude_unset=True) if return_documents else None)
             for r in ranking.results(body.documents, body.top_n)]
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from reasonrank.config import ReasoningConfig, StrategyConfig
 from reasonrank.scores import ScoreKind
@@ -68,11 +69,36 @@ class CompatibleRequest(_Request):
     top_n: int | None = Field(None, ge=1)
 
 
-class CohereRequest(CompatibleRequest):
-    """Cohere rerank v1 and v2 (one body: v2 dropped `return_documents`, kept here so v2 clients can still ask
-    for the text)."""
+class CohereDocument(Document):
+    text: str | None = None  # with `rank_fields`, an object may rank other fields instead
 
+
+class CohereRequest(CompatibleRequest):
+    """Cohere rerank v1 and v2: one body with every documented field of both (v2 dropped `return_documents`,
+    kept here so v2 clients can still ask for the text). `rank_fields` is implemented (the fields, in its
+    order, make the text ranked, one `field: value` line each); `max_chunks_per_doc` (passages are cut to a
+    token budget, never chunked) and `priority` (requests are served as they come) are accepted and ignored."""
+
+    documents: list[Annotated[CohereDocument, BeforeValidator(_document_from_string)]]
     return_documents: bool = False
+    rank_fields: list[str] | None = Field(None, min_length=1)  # v1
+    max_chunks_per_doc: int | None = Field(None, ge=1)  # v1, ignored
+    priority: int | None = None  # v2, ignored
+
+    @model_validator(mode="after")
+    def _each_document_has_what_is_ranked(self) -> "CohereRequest":
+        for i, doc in enumerate(self.documents):
+            fields = doc.model_dump(exclude_none=True)
+            if missing := [f for f in self.rank_fields or ["text"] if f not in fields]:
+                named = "named in rank_fields" if self.rank_fields else "or rank_fields naming other fields"
+                raise ValueError(f"documents.{i} has no field {', '.join(map(repr, missing))} ({named})")
+        return self
+
+    @property
+    def texts(self) -> list[str]:
+        if not self.rank_fields:
+            return super().texts
+        return ["\n".join(f"{field}: {getattr(doc, field)}" for field in self.rank_fields) for doc in self.documents]
 
 
 class JinaRequest(CompatibleRequest):

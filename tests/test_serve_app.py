@@ -187,7 +187,7 @@ BAD_REQUESTS = [
     ("/v2/rerank", {"query": "q", "documents": ["d"] * (MAX_DOCUMENTS + 1)}, 422,
      ["documents", str(MAX_DOCUMENTS), "max_documents"]),
     ("/rerank", {"query": "q", "documents": ["x" * (MAX_BODY_BYTES + 1)]}, 413, [str(MAX_BODY_BYTES)]),
-    ("/v1/rerank", {"query": "q", "documents": ["a"], "rank_fields": ["t"]}, 422, ["rank_fields"]),
+    ("/v1/rerank", {"query": "q", "documents": ["a"], "return_document": True}, 422, ["return_document"]),
     ("/native/rerank", {"query": "q", "documents": [{"id": "a", "text": "x"}, {"id": "a", "text": "y"}]},
      422, ["'a'", "unique"]),
     ("/native/rerank", {"query": "q", "documents": ["a"], "strategy": {"window_size": 0}}, 422,

@@ -28,6 +28,10 @@ DOCS = [f"passage {i}: cats purr when content, and sometimes when stressed; fact
 GRADES = {7: 3, 5: 2, 2: 1, 6: 1}  # document index → relevance grade; the others 0
 WINDOW, STEP, DEPTH = 4, 2, 8
 LATENCY_S = 0.05  # the scripted model's time per window
+# Cohere's rank_fields: objects whose `title` and `body`, in that order, make the text ranked (their `text` is
+# the same filler for all); the scripted model knows those texts, graded as the plain documents are.
+FIELDED = [{"text": "filler", "title": f"title {i}", "body": doc} for i, doc in enumerate(DOCS)]
+FIELDED_TEXTS = {f"fielded-{i}": f"title: title {i}\nbody: {doc}" for i, doc in enumerate(DOCS)}
 
 
 def expected_order(n: int, window: int = WINDOW, step: int = STEP, depth: int = DEPTH) -> list[int]:
@@ -40,8 +44,9 @@ def expected_order(n: int, window: int = WINDOW, step: int = STEP, depth: int = 
 
 @pytest.fixture(scope="module")
 def model_server(demo_data):
-    teacher = SimulatedTeacher({"q": QUERY}, {str(i): t for i, t in enumerate(DOCS)},
-                               {"q": {str(i): g for i, g in GRADES.items()}},
+    teacher = SimulatedTeacher({"q": QUERY}, {**{str(i): t for i, t in enumerate(DOCS)}, **FIELDED_TEXTS},
+                               {"q": {**{str(i): g for i, g in GRADES.items()},
+                                      **{f"fielded-{i}": g for i, g in GRADES.items()}}},
                                SimulationConfig(noise=0.0, latency_s=LATENCY_S, reasoning_words=8))
     with teacher:
         yield teacher
@@ -85,6 +90,43 @@ def test_cohere_v2_full_ranking_without_documents(service):
     assert all("document" not in x for x in results)
     _decreasing([x["relevance_score"] for x in results])
     assert r.json()["meta"]["api_version"]["version"] == "2"
+
+
+def test_cohere_rank_fields_choose_the_text_ranked_and_the_other_fields_are_accepted(service):
+    r = service.post("/v1/rerank", json={"model": "rerank-v3.5", "query": QUERY, "documents": FIELDED, "top_n": 3,
+                                         "rank_fields": ["title", "body"], "max_chunks_per_doc": 4,
+                                         "return_documents": True})
+    assert r.status_code == 200, r.text
+    top = expected_order(len(DOCS))[:3]
+    assert [x["index"] for x in r.json()["results"]] == top
+    assert [x["document"] for x in r.json()["results"]] == [FIELDED[i] for i in top]  # echoed whole
+    plain = service.post("/v1/rerank", json={"query": QUERY, "documents": FIELDED, "top_n": 3})
+    assert [x["index"] for x in plain.json()["results"]] == [0, 1, 2]  # `text` alone: all filler, no grade
+    v2 = service.post("/v2/rerank", json={"model": "rerank-v3.5", "query": QUERY, "documents": DOCS, "top_n": 2,
+                                          "max_tokens_per_doc": 512, "priority": 3})
+    assert [x["index"] for x in v2.json()["results"]] == expected_order(len(DOCS))[:2]
+
+
+@pytest.mark.parametrize("path,body,words", [
+    ("/v1/rerank", {"query": QUERY, "documents": FIELDED, "rank_fields": ["title", "author"]},
+     ["documents.0", "'author'", "rank_fields"]),
+    ("/v1/rerank", {"query": QUERY, "documents": [{"title": "no text"}]}, ["documents.0", "'text'"]),
+    ("/v2/rerank", {"query": QUERY, "documents": DOCS, "priority": 1, "temperature": 0.5}, ["temperature"]),
+    ("/rerank", {"query": QUERY, "documents": DOCS, "rank_fields": ["text"]}, ["rank_fields"]),
+])
+def test_unknown_fields_and_missing_rank_fields_are_422_naming_them(service, path, body, words):
+    r = service.post(path, json=body)
+    assert r.status_code == 422, r.text
+    assert all(w in r.json()["message"] for w in words), r.json()["message"]
+
+
+def test_native_votes_score(service):
+    r = service.post("/native/rerank", json={"query": QUERY, "documents": DOCS, "score": "votes"})
+    assert r.status_code == 200, r.text
+    votes = {x["index"]: x["relevance_score"] for x in r.json()["ranking"]}
+    assert [x["index"] for x in r.json()["ranking"]] == expected_order(len(DOCS))
+    assert votes[7] == 1.0 and votes[8] == votes[9] == 0.0  # first in every window; never in one (below depth)
+    assert votes[5] > votes[0] and votes[3] == 0.0
 
 
 def test_jina_top_n_and_documents_by_default(service):
