@@ -215,7 +215,7 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | None) -> d
 class DataConfig(Strict):
     """Where queries, passages, relevance labels and the first-stage run come from."""
 
-    source: Literal["demo", "files", "bright"] = "demo"
+    source: Literal["demo", "files", "bright", "beir", "r2med", "ir_datasets"] = "demo"
     demo_dir: str = "outputs/demo"  # demo: generated here (deterministically) when absent
     queries: str | None = None  # files: jsonl/parquet with qid, text[, domain, answer, split]
     corpus: str | None = None  # files: jsonl/parquet with docid, text
@@ -224,6 +224,10 @@ class DataConfig(Strict):
     bright_task: str | None = None  # bright: biology, earth_science, …, leetcode, pony, aops, theoremqa_*
     bright_source: str = "xlangai/BRIGHT"  # hub id or a local copy in the same format
     bright_long_documents: bool = False
+    # beir: a BEIR name (scifact, trec-covid, …); r2med: a task (Biology, …, IIYi-Clinical); ir_datasets: any id
+    # (msmarco-passage/trec-dl-2019/judged, msmarco-passage/trec-dl-2020/judged, msmarco-passage/dev/small, …)
+    dataset: str | None = None
+    dataset_source: str | None = None  # beir, r2med: a local copy in the benchmark's layout (default: the hub)
     split: str | None = None  # keep only queries of this split (demo: "test" holds out training queries)
     first_stage_depth: int = Field(100, ge=1)
     limit: int | None = Field(None, ge=1)  # first N queries only
@@ -242,7 +246,7 @@ class DataConfig(Strict):
                 raise ConfigError(f"data.source=files needs data.{' and data.'.join(missing)}")
             dataset = RetrievalDataset.from_files(self.queries, self.corpus, self.qrels, self.run,
                                                   first_stage_depth=self.first_stage_depth)
-        else:
+        elif self.source == "bright":
             if not self.bright_task:
                 raise ConfigError("data.source=bright needs data.bright_task (e.g. biology)")
             from reasonrank.data.bright import load_bright
@@ -250,8 +254,27 @@ class DataConfig(Strict):
             dataset = load_bright(self.bright_task, source=self.bright_source,
                                   long_documents=self.bright_long_documents, run_path=self.run,
                                   first_stage_depth=self.first_stage_depth)
+        else:
+            dataset = self._benchmark()
         if self.split:
             dataset = dataset.subset(self.split)
         if self.limit:
             dataset = dataset.head(self.limit)
         return dataset
+
+    def _benchmark(self):
+        if not self.dataset:
+            example = {"beir": "scifact", "r2med": "Biology", "ir_datasets": "msmarco-passage/trec-dl-2019/judged"}
+            raise ConfigError(f"data.source={self.source} needs data.dataset (e.g. {example[self.source]})")
+        depth = self.first_stage_depth
+        if self.source == "beir":
+            from reasonrank.data.beir import load_beir
+
+            return load_beir(self.dataset, self.dataset_source, run_path=self.run, first_stage_depth=depth)
+        if self.source == "r2med":
+            from reasonrank.data.r2med import load_r2med
+
+            return load_r2med(self.dataset, self.dataset_source, run_path=self.run, first_stage_depth=depth)
+        from reasonrank.data.irds import load_ir_dataset
+
+        return load_ir_dataset(self.dataset, run_path=self.run, first_stage_depth=depth)

@@ -15,7 +15,6 @@ import datasets
 from datasets.exceptions import DataFilesNotFoundError
 
 from reasonrank.data.dataset import RetrievalDataset
-from reasonrank.data.trec import read_run
 from reasonrank.types import Query
 
 log = logging.getLogger(__name__)
@@ -62,7 +61,4 @@ def load_bright(task: str, source: str = HUB_ID, long_documents: bool = False,
     corpus = {str(doc["id"]): doc["content"] for doc in documents}
     log.info("BRIGHT %s: %d queries, %d documents, %d queries with excluded ids", task, len(queries),
              len(corpus), len(excluded))
-    splits = {q.qid: "test" for q in queries}
-    if run_path is None:
-        return RetrievalDataset.with_bm25(queries, corpus, qrels, first_stage_depth, splits, excluded)
-    return RetrievalDataset(queries, corpus, qrels, read_run(run_path), splits, excluded)
+    return RetrievalDataset.ranked(queries, corpus, qrels, run_path, first_stage_depth, excluded)

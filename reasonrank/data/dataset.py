@@ -62,6 +62,17 @@ class RetrievalDataset:
                    excluded)
 
     @classmethod
+    def ranked(cls, queries: list[Query], corpus: dict[str, str], qrels: dict[str, dict[str, int]],
+               run_path: str | os.PathLike | None = None, depth: int = 100,
+               excluded: dict[str, set[str]] | None = None) -> "RetrievalDataset":
+        """A benchmark's queries (all in split "test") with candidates from the TREC run at `run_path`, or
+        without one from BM25 over `corpus` (`depth` per query)."""
+        splits = {q.qid: "test" for q in queries}
+        if run_path is None:
+            return cls.with_bm25(queries, corpus, qrels, depth, splits, excluded)
+        return cls(queries, corpus, qrels, read_run(run_path), splits, excluded or {})
+
+    @classmethod
     def from_files(cls, queries_path: str | os.PathLike, corpus_path: str | os.PathLike,
                    qrels_path: str | os.PathLike | None = None, run_path: str | os.PathLike | None = None,
                    first_stage_depth: int = 100) -> "RetrievalDataset":
