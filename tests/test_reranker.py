@@ -93,6 +93,14 @@ def test_votes_score_what_the_model_said_in_each_window(scripted):
     assert votes == {7: 1.0, 5: 2 / 3, 6: 1 / 3, 2: 1 / 3, 0: 1 / 3, 4: 0.0, 3: 0.0, 1: 0.0, 8: 0.0, 9: 0.0}
 
 
+@pytest.mark.parametrize("name", ["tdpart", "parallel_blocks"])
+def test_votes_from_strategies_that_rank_windows_in_rounds(scripted, name):
+    results = scripted.rerank(QUERY, DOCS, strategy=StrategyConfig(name=name, window_size=4, depth=10), score="votes")
+    votes = {r.index: r.score for r in results}
+    assert votes[7] == 1.0  # the best document: first in every window it was in
+    assert all(0.0 <= v <= 1.0 for v in votes.values()) and min(votes.values()) == 0.0
+
+
 def _window(ranked, strategy="sliding_window"):
     return WindowLog("q", strategy, 0, 0, 1, 1, 0.0, True, ranked=ranked)
 

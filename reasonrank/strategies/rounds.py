@@ -27,7 +27,8 @@ def rank_round(strategy: RankingStrategy, request: RerankRequest, truncate: Pass
     for window, call, gen in zip(windows, calls, generations):
         parsed = parse_ranking(gen.text, len(window))
         orders.append(parsed.order)
-        logs.append(strategy.window_log(request, strategy.name, call, gen, parsed.well_formed))
+        logs.append(strategy.window_log(request, strategy.name, call, gen, parsed.well_formed,
+                                        [window[i].docid for i in parsed.order]))
     return orders
 
 
