@@ -81,8 +81,8 @@ def ir_dataset_id(tmp_path, monkeypatch):
                                        "m3\tBerlin is the capital of Germany.\n")
     (tmp_path / "queries.tsv").write_text("1037798\twhat is the capital of france\n1121402\tcapital of germany\n")
     (tmp_path / "qrels.txt").write_text("1037798 0 m1 3\n1037798 0 m2 1\n1121402 0 m3 2\n")
-    dataset = ir_datasets.create_dataset(docs_tsv=str(tmp_path / "docs.tsv"),
-                                         queries_tsv=str(tmp_path / "queries.tsv"), qrels_trec=str(tmp_path / "qrels.txt"))
+    dataset = ir_datasets.create_dataset(docs_tsv=str(tmp_path / "docs.tsv"), queries_tsv=str(tmp_path / "queries.tsv"),
+                                         qrels_trec=str(tmp_path / "qrels.txt"))
     name = f"reasonrank-test/{tmp_path.name}"
     ir_datasets.registry.register(name, dataset)
     return name
