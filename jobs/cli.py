@@ -35,12 +35,12 @@ def _run_job(module: str, config: Path, overrides: list[str] | None) -> None:
 def demo(config: Annotated[Optional[Path], typer.Option("--config", "-c", exists=True, dir_okay=False,
                                                         help="pipeline config (default: the demo)")] = None,
          set_: SetOpt = None) -> None:
-    """The demo pipeline: synthesize → SFT → GRPO → evaluate untrained/SFT/GRPO on held-out demo queries."""
+    """The demo pipeline: synthesize → SFT → evaluate untrained/SFT (a first table) → GRPO → evaluate GRPO → the
+    table of all; one progress line per stage on the console, the logs in a file (`--set quiet=false`: all here)."""
     from jobs import demo as demo_job
 
     configure_logging()
-    summary = demo_job.run(str(config) if config else None, parse_overrides(set_ or []))
-    typer.echo(json.dumps({k: summary[k] for k in ("models", "metrics", "plot")}, indent=2, default=str))
+    demo_job.run(str(config) if config else None, parse_overrides(set_ or []))  # shows its tables itself
 
 
 @app.command()

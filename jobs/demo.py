@@ -1,21 +1,27 @@
 """The demo pipeline on the embedded defaults — what `make demo` runs.
 
-    synthesize (the simulated teacher on the demo data) → SFT (tiny model) → GRPO
-    → evaluate the untrained, SFT and GRPO models on the held-out demo queries → one table, and each model
-      compared query by query with the one before it (is the gain more than the choice of queries makes?)
+    synthesize (the simulated teacher on the demo data) → SFT (tiny model)
+    → evaluate the untrained and SFT models on the held-out demo queries → a first table
+    → GRPO → evaluate it → the table of all, each model compared query by query with the one before it (is the
+      gain more than the choice of queries makes?)
 
 Each stage is the ordinary job (`jobs.<stage>.run`) on its own config, chained by overriding paths, so the
 demo exercises exactly what a cluster runs. Stages resume from their outputs, so a rerun is cheap.
+The console shows one progress line per stage (`jobs/progress.py`: count, time left, where the outputs go)
+and the tables; the jobs' logs and the libraries' output go to `<output_dir>/demo.log`.
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
+import time
 from typing import Any, Literal
 
 from pydantic import Field
 
 from jobs.common import init_ray, main
+from jobs.progress import console_to_log, say, stage
 from reasonrank import storage
 from reasonrank.config import Strict, apply_overrides, load_config, parse_config
 from reasonrank.reporting import metrics_table, plot_metrics
@@ -34,62 +40,109 @@ class DemoConfig(Strict):
     evaluate_config: str = "configs/evaluate-tiny.yaml"
     stages: list[Stage] = ["synthesize", "sft", "grpo"]
     sft_epochs: int | None = Field(6, ge=1)  # over the synthesized set (configs/sft-tiny.yaml: 1, over its own)
+    # GRPO's held-out reward evaluated before the first step and after the last only (configs/grpo-tiny.yaml: every
+    # 8 steps too, for the README's curves); the steps and everything they train on stay as configured
+    grpo_eval_every: int | None = Field(0, ge=0)
     output_dir: str = "outputs/demo-pipeline"
     ray_num_cpus: int = 8
+    quiet: bool = True  # the console shows one progress line per stage and the tables; the rest goes to log_file
+    log_file: str | None = None  # default: <output_dir>/demo.log
 
 
 def run(config_path: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
     cfg = (load_config(config_path, DemoConfig, overrides) if config_path
            else parse_config(apply_overrides({}, overrides), DemoConfig, "the demo defaults"))
-    return pipeline(cfg)
+    if not cfg.quiet:
+        return pipeline(cfg)
+    log_file = cfg.log_file or storage.join(cfg.output_dir, "demo.log")
+    with console_to_log(log_file):
+        say(f"reasonrank demo: one line per stage below; the jobs' and libraries' logs (Ray, Ray Data, vLLM, "
+            f"transformers, DeepSpeed) go to {log_file}, Ray's per-process logs to {_ray_logs()}")
+        try:
+            return pipeline(cfg)
+        except Exception as e:
+            log.exception("the demo stopped: %s (the logs above say more)", e)
+            raise
+
+
+def _ray_logs() -> str:
+    return os.path.join(os.environ.get("RAY_TMPDIR", "/tmp/ray"), "session_latest", "logs")
 
 
 def pipeline(cfg: DemoConfig) -> dict[str, Any]:
     from jobs import evaluate, grpo, sft, synthesize
 
+    started = time.monotonic()
     init_ray(cfg.ray_num_cpus)
     out = cfg.output_dir
     synth_dir, sft_dir, grpo_dir = (storage.join(out, s) for s in ("synthesize", "sft", "grpo"))
     base_model = load_config(cfg.evaluate_config, evaluate.EvaluateConfig).engine.model
+    trained = [s for s in ("sft", "grpo") if s in cfg.stages]
+    total = ("synthesize" in cfg.stages) + len(trained) + 1 + len(trained)
+    labels = iter(f"[{i}/{total}]" for i in range(1, total + 1))
     models = {"untrained": base_model}
     results: dict[str, Any] = {}
-    if "synthesize" in cfg.stages:
-        results["synthesize"] = synthesize.run(cfg.synthesize_config, {"output_dir": synth_dir})
-    if "sft" in cfg.stages:
-        epochs = {"train.epochs": cfg.sft_epochs} if cfg.sft_epochs else {}
-        sft_data = {"data.path": storage.join(synth_dir, "sft.parquet")} if "synthesize" in cfg.stages else {}
-        results["sft"] = sft.run(cfg.sft_config, {"output_dir": sft_dir, "storage.path": storage.join(out, "checkpoints"),
-                                                  **sft_data, **epochs})
-        models["SFT"] = storage.join(sft_dir, "final")
-    if "grpo" in cfg.stages:
-        start = models.get("SFT", base_model)
-        rl_data = {"rl_set": storage.join(synth_dir, "rl.parquet")} if "synthesize" in cfg.stages else {}
-        results["grpo"] = grpo.run(cfg.grpo_config, {"output_dir": grpo_dir, "model": start, **rl_data})
-        models["GRPO"] = storage.join(grpo_dir, "final")
-
     columns: dict[str, dict[str, float]] = {}
     compared: dict[str, dict[str, Any]] = {}
-    previous: str | None = None
-    for name, model in models.items():
+
+    def evaluate_model(name: str) -> None:
         eval_dir = storage.join(out, f"evaluate-{name}")
+        previous = list(models)[list(models).index(name) - 1] if name != "untrained" else None
         baseline = {"baseline_run": storage.join(out, f"evaluate-{previous}", "run.trec")} if previous else {}
-        summary = evaluate.run(cfg.evaluate_config, {"engine.model": model, "build_tiny_model": name == "untrained",
-                                                     "output_dir": eval_dir, **baseline})
+        with stage(f"{next(labels)} evaluate {name}"):
+            summary = evaluate.run(cfg.evaluate_config, {"engine.model": models[name],
+                                                         "build_tiny_model": name == "untrained",
+                                                         "output_dir": eval_dir, **baseline})
         if not columns:
             columns["BM25"] = dict(summary["before"])
         columns[name] = {**summary["after"], "well_formed": summary["well_formed_rate"]}
         if previous:
             compared[f"{name} vs {previous}"] = summary["vs_baseline"]["ndcg@10"]
-        previous = name
+
+    if "synthesize" in cfg.stages:
+        with stage(f"{next(labels)} synthesize"):
+            results["synthesize"] = synthesize.run(cfg.synthesize_config, {"output_dir": synth_dir})
+    if "sft" in cfg.stages:
+        epochs = {"train.epochs": cfg.sft_epochs} if cfg.sft_epochs else {}
+        sft_data = {"data.path": storage.join(synth_dir, "sft.parquet")} if "synthesize" in cfg.stages else {}
+        with stage(f"{next(labels)} sft"):
+            results["sft"] = sft.run(cfg.sft_config, {"output_dir": sft_dir,
+                                                      "storage.path": storage.join(out, "checkpoints"),
+                                                      **sft_data, **epochs})
+        models["SFT"] = storage.join(sft_dir, "final")
+    evaluate_model("untrained")
+    if "sft" in cfg.stages:
+        evaluate_model("SFT")
+    if "grpo" in cfg.stages:
+        if "sft" in cfg.stages:  # a first table while GRPO trains: it takes a while on a laptop
+            _show(columns, compared, "first result, before GRPO", started)
+        start = models.get("SFT", base_model)
+        rl_data = {"rl_set": storage.join(synth_dir, "rl.parquet")} if "synthesize" in cfg.stages else {}
+        evals = {"eval.every": cfg.grpo_eval_every} if cfg.grpo_eval_every is not None else {}
+        with stage(f"{next(labels)} grpo"):
+            results["grpo"] = grpo.run(cfg.grpo_config, {"output_dir": grpo_dir, "model": start, **rl_data, **evals})
+        models["GRPO"] = storage.join(grpo_dir, "final")
+        evaluate_model("GRPO")
+
     storage.makedirs(out)
-    table = metrics_table(columns, SHOWN)
-    lines = [f"{pair}: {PairedDifference.from_dict(d).describe()}" for pair, d in compared.items()]
-    print("\nDemo pipeline — held-out demo queries\n" + "\n".join([table, *lines]))
+    table = _show(columns, compared, "all models", started)
     png = plot_metrics(columns, SHOWN, storage.join(out, "summary.png"), "demo: first stage vs rerankers")
     summary = {"models": models, "metrics": columns, "compared": compared, "table": table, "plot": str(png),
-               "stages": results}
+               "stages": results, "wall_time_s": round(time.monotonic() - started, 1)}
     storage.write_text_atomic(storage.join(out, "summary.json"), json.dumps(summary, indent=2, default=str))
+    say(f"summary: {storage.join(out, 'summary.json')}, plot: {png}")
     return summary
+
+
+def _show(columns: dict[str, dict[str, float]], compared: dict[str, dict[str, Any]], title: str,
+          started: float) -> str:
+    """The metrics table of the models evaluated so far and the query-by-query comparisons, on the console."""
+    table = metrics_table(columns, SHOWN)
+    lines = [f"{pair}: {PairedDifference.from_dict(d).describe()}" for pair, d in compared.items()]
+    elapsed = int(time.monotonic() - started)
+    say(f"\nDemo pipeline — held-out demo queries, {title} ({elapsed // 60} min {elapsed % 60:02d} s in)\n"
+        + "\n".join([table, *lines]) + "\n")
+    return table
 
 
 if __name__ == "__main__":

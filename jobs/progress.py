@@ -201,7 +201,9 @@ class ConsoleHandler(logging.Handler):
         if stage is None and not getattr(record, "console", False) and record.levelno < logging.ERROR:
             return
         try:
-            text = record.getMessage() if record.name == LOGGER else self.format(record)
+            # an error's traceback goes to the log file only: its message line is enough here
+            text = record.getMessage() if record.name == LOGGER else f"{record.levelname} {record.name}: " \
+                f"{record.getMessage()}"
             if stage is not None and self.interactive:
                 if self._live is not None and self._live != stage:
                     self.stream.write("\n")  # another stage's line stays as it last was
