@@ -55,11 +55,12 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
     run_dir = storage.join(_absolute(cfg.storage.path), cfg.storage.name)
     fingerprint.check_and_record(run_dir, "sft", results_fingerprint(cfg), moved_by="storage.name")
     _prepare_inputs(cfg)
+    outputs = cfg.output_dir  # as the user named it, for the progress line
     # Ray Train workers do not run in the driver's working directory: hand them absolute paths.
     cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": _absolute(cfg.model.path)}),
                                  "output_dir": _absolute(cfg.output_dir)})
     init_ray(cfg.ray_num_cpus)
-    progress = StageProgress("sft", 0, "steps", cfg.output_dir)
+    progress = StageProgress("sft", 0, "steps", outputs)
     progress.status("tokenizing the SFT set")
     dataset, kept, pad_id = _tokenized_dataset(cfg)
     plan = _plan(cfg, kept)
