@@ -231,3 +231,24 @@ def test_configs_name_the_wrong_key():
     assert parse_config({"name": "parallel_blocks", "rerank_top": True}, StrategyConfig).build().rerank_top
     direct = parse_config({"name": "tdpart", "reasoning": {"mode": "none"}}, StrategyConfig).build()
     assert direct.reasoning.mode == "none" and StrategyConfig().build().reasoning.mode == "think"
+
+
+def test_a_local_engine_forces_the_answer_after_its_budget(tiny_model_dir):
+    """The transformers engine continues the started turn: the window's response is what the model wrote within
+    its budget, the forced `</think><answer>`, then the model's answer; both calls' tokens are counted."""
+    from reasonrank.config import EngineConfig
+    from reasonrank.engines.base import SamplingParams
+    from reasonrank.engines.hf_engine import TransformersEngine
+    from reasonrank.strategies import rerank
+
+    engine = TransformersEngine(EngineConfig(backend="transformers", model=str(tiny_model_dir), dtype="float32"))
+    try:
+        strategy = parse_config({"window_size": 4, "step": 4, "depth": 4, "reasoning": {
+            "mode": "budget", "budget_tokens": 6, "answer_tokens": 24}}, StrategyConfig).build()
+        (ranked,) = rerank(engine, strategy, [request(4)], SamplingParams(max_new_tokens=256))
+    finally:
+        engine.close()
+    (window,) = ranked.windows
+    assert window.forced_answer and "</think><answer>" in window.response
+    assert 6 < window.completion_tokens <= 6 + 24
+    assert sorted(ranked_ids(ranked)) == [0, 1, 2, 3]
