@@ -44,6 +44,16 @@ def test_limit_named_in_validation_message():
                                           "(limits.max_documents)"
 
 
+def test_cohere_rank_fields_make_the_text_ranked_in_their_order():
+    body = CohereRequest.model_validate({"query": "q", "rank_fields": ["title", "year"], "max_chunks_per_doc": 2,
+                                         "priority": 5, "documents": [{"title": "Purring", "year": 1999, "text": "x"}]})
+    assert body.texts == ["title: Purring\nyear: 1999"]
+    assert CohereRequest.model_validate({"query": "q", "documents": ["plain"]}).texts == ["plain"]
+    with pytest.raises(ValidationError) as e:
+        CohereRequest.model_validate({"query": "q", "rank_fields": ["title"], "documents": ["no title"]})
+    assert "documents.0 has no field 'title' (named in rank_fields)" in validation_message(e.value)
+
+
 def test_native_ids_default_to_index_and_must_be_unique():
     body = NativeRequest.model_validate({"query": "q", "documents": ["a", {"id": "x", "text": "b"}]})
     assert body.ids == ["0", "x"]
