@@ -217,8 +217,8 @@ class DataConfig(Strict):
 
     source: Literal["demo", "files", "bright", "beir", "r2med", "ir_datasets"] = "demo"
     demo_dir: str = "outputs/demo"  # demo: generated here (deterministically) when absent
-    queries: str | None = None  # files: jsonl/parquet with qid, text[, domain, answer, split]
-    corpus: str | None = None  # files: jsonl/parquet with docid, text
+    queries: str | None = None  # files: jsonl/parquet with qid, text[, domain, answer, split]; or TREC DL's topics .tsv
+    corpus: str | None = None  # files: jsonl/parquet with docid, text; or an `id<TAB>text` .tsv (MS MARCO's)
     qrels: str | None = None  # files: TREC qrels
     run: str | None = None  # TREC run of the first stage; BM25 over the corpus when absent
     bright_task: str | None = None  # bright: biology, earth_science, …, leetcode, pony, aops, theoremqa_*

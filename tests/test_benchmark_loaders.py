@@ -101,3 +101,23 @@ def test_any_ir_datasets_id(ir_dataset_id, tmp_path):
                       first_stage_depth=2).load()
     assert sorted(data.corpus) == ["m1", "m2", "m3"] and data.corpus["m2"] == "Paris is a city in Texas too."
     assert [[c.docid for c in r.candidates] for r in data.requests(2)] == [["m2", "m1"], ["m3"]]
+
+
+def test_trec_dl_files(tmp_path):
+    """TREC DL as NIST and MS MARCO distribute it: topics and collection as `id<TAB>text`, TREC qrels and run."""
+    (tmp_path / "msmarco-test2019-queries.tsv").write_text("19335\tanthropological definition of environment\n"
+                                                         "47923\taxon terminals or synaptic knob definition\n")
+    (tmp_path / "collection.tsv").write_text("7067032\tEnvironment, in anthropology, is the surroundings.\n"
+                                             "7067033\tSynaptic knobs sit at the axon terminals.\n"
+                                             "7067034\tAn unrelated passage\tcontaining a tab.\n")
+    (tmp_path / "2019qrels-pass.txt").write_text("19335 0 7067032 3\n47923 0 7067033 2\n47923 0 7067034 0\n")
+    write_run(tmp_path / "bm25.trec", {"19335": ["7067034", "7067032"], "47923": ["7067033", "7067034"]})
+    data = DataConfig(source="files", queries=str(tmp_path / "msmarco-test2019-queries.tsv"),
+                      corpus=str(tmp_path / "collection.tsv"), qrels=str(tmp_path / "2019qrels-pass.txt"),
+                      run=str(tmp_path / "bm25.trec")).load()
+    assert [(q.qid, q.text) for q in data.queries] == [("19335", "anthropological definition of environment"),
+                                                      ("47923", "axon terminals or synaptic knob definition")]
+    assert data.corpus["7067034"] == "An unrelated passage\tcontaining a tab."
+    assert data.qrels == {"19335": {"7067032": 3}, "47923": {"7067033": 2, "7067034": 0}}
+    assert [[c.docid for c in r.candidates] for r in data.requests()] == [["7067034", "7067032"],
+                                                                         ["7067033", "7067034"]]

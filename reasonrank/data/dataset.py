@@ -1,7 +1,8 @@
 """A retrieval dataset: queries, a corpus, relevance labels and a first-stage run to rerank.
 
 Files: queries and corpus are record tables (.jsonl / .parquet, see `tables`) with fields
-`qid, text[, domain, answer, split, excluded_ids]` and `docid, text`; qrels and run are TREC files.
+`qid, text[, domain, answer, split, excluded_ids]` and `docid, text`, or `id<TAB>text` TSV files as TREC DL
+and MS MARCO distribute their topics and collection; qrels and run are TREC files.
 Excluded ids (BRIGHT's `excluded_ids`: documents that must not be ranked for a query) are removed
 before candidates are handed out.
 """
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 
 from reasonrank.data.bm25 import bm25_run
 from reasonrank.data.tables import read_records
-from reasonrank.data.trec import read_qrels, read_run
+from reasonrank.data.trec import read_id_text, read_qrels, read_run
 from reasonrank.types import Candidate, Query, RerankRequest
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class RetrievalDataset:
                    first_stage_depth: int = 100) -> "RetrievalDataset":
         """Read the dataset's files; with no run, BM25 over the corpus gives `first_stage_depth` candidates."""
         queries, splits, excluded = [], {}, {}
-        for i, r in enumerate(read_records(queries_path), start=1):
+        for i, r in enumerate(_records(queries_path, "qid"), start=1):
             _require(r, ("qid", "text"), queries_path, i)
             qid = str(r["qid"])
             queries.append(Query(qid, r["text"], r.get("domain") or "", r.get("answer")))
@@ -87,7 +88,7 @@ class RetrievalDataset:
             if ids := [str(d) for d in r.get("excluded_ids") or () if d != "N/A"]:
                 excluded[qid] = set(ids)
         corpus = {}
-        for i, r in enumerate(read_records(corpus_path), start=1):
+        for i, r in enumerate(_records(corpus_path, "docid"), start=1):
             _require(r, ("docid", "text"), corpus_path, i)
             docid = str(r["docid"])
             if docid in corpus:
@@ -127,6 +128,12 @@ class RetrievalDataset:
 
         return RetrievalDataset(queries, self.corpus, only(self.qrels), only(self.run), only(self.splits),
                                 only(self.excluded))
+
+
+def _records(path: str | os.PathLike, id_field: str) -> list[dict]:
+    if os.fspath(path).endswith(".tsv"):
+        return [{id_field: i, "text": text} for i, text in read_id_text(path)]
+    return read_records(path)
 
 
 def _require(record: Mapping, fields: tuple[str, ...], path: str | os.PathLike, number: int) -> None:

@@ -1,4 +1,5 @@
-"""TREC qrels (`qid 0 docid rel`) and run (`qid Q0 docid rank score tag`) files.
+"""TREC qrels (`qid 0 docid rel`) and run (`qid Q0 docid rank score tag`) files, and the id-and-text TSV
+files TREC DL and MS MARCO distribute (topics `qid<TAB>text`, the collection `pid<TAB>text`).
 
 trec_eval orders a run by score (held as a 32-bit float), not by rank, and breaks ties by docid: a run
 must therefore carry scores that strictly decrease with rank, or the evaluated order is not the order
@@ -44,6 +45,20 @@ def read_qrels(path: str | Path) -> Qrels:
         except ValueError:
             raise TrecFormatError(f"{path}:{number}: relevance {rel!r} is not an integer") from None
     return qrels
+
+
+def read_id_text(path: str | Path) -> list[tuple[str, str]]:
+    """(id, text) pairs of a TSV file of `id<TAB>text` lines (TREC DL topics, the MS MARCO collection)."""
+    pairs = []
+    with storage.open_file(str(path)) as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            fields = line.rstrip("\r\n").split("\t", 1)
+            if len(fields) != 2 or not fields[0]:
+                raise TrecFormatError(f"{path}:{number}: expected `id<TAB>text`")
+            pairs.append((fields[0], fields[1]))
+    return pairs
 
 
 def _check_ids(path: str | Path, qid: str, docids: Iterable[str]) -> None:
