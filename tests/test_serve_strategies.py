@@ -9,11 +9,14 @@ reasoning. The Cohere and Jina endpoints keep their schemas and get the deployme
 """
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from reasonrank.teacher.simulated import SimulatedTeacher, SimulationConfig
 from serve.config import ServeConfig
 from tests.serving import serving
+from tests.test_serve_app import _metric
 from tests.test_serve_known_rankings import DOCS, GRADES, QUERY, expected_order
 
 pytestmark = pytest.mark.slow
@@ -77,6 +80,19 @@ def test_a_request_chooses_its_strategy_and_a_reasoning_budget(service):
     assert usage["forced_answers"] == 3 and usage["malformed_windows"] == 0
     assert all(w["forced_answer"] and w["well_formed"] for w in windows)
     assert all(len(w["reasoning"].split()) == 5 for w in windows)  # the reasoning cut at its budget
+
+
+def test_forced_answers_and_depth_reach_prometheus(service):
+    forced = _metric("ray_reasonrank_forced_answers_total")
+    requests = _metric("ray_reasonrank_sequential_depth_count")
+    r = native(service, {**SLIDING, "reasoning": {"mode": "budget", "budget_tokens": 5}})
+    assert r.status_code == 200, r.text
+    deadline = time.monotonic() + 45  # Ray exports metrics every few seconds
+    # (Ray's histogram sum is the buckets' midpoints, so the depth is seen through the count)
+    while (_metric("ray_reasonrank_forced_answers_total") < forced + 3
+           or _metric("ray_reasonrank_sequential_depth_count") < requests + 1):
+        assert time.monotonic() < deadline, "the forced-answer counter or the depth histogram did not rise"
+        time.sleep(1)
 
 
 def test_a_request_without_reasoning(service):
