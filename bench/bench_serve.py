@@ -5,9 +5,11 @@
 
 Three tables, ratios from this one run:
 1. Overhead. Direct: the engine in this process, `c` clients each reranking one request at a time through
-   the strategy driver (their windows share the engine's continuous batch, the best a caller can do).
-   HTTP: the Ray Serve app from the config on 127.0.0.1, `c` concurrent clients posting the same requests
-   to /native/rerank. Requests/s and p50/p99 latency of each, and HTTP/direct.
+   the strategy driver (their windows share the engine's continuous batch, the best a caller can do), run
+   twice: before Ray starts, and beside the running (idle) Serve app, which shows what hosting on Ray costs
+   by itself on this machine (its controller, proxy and replica loops take CPU from the engine even when no
+   request comes). HTTP: the Ray Serve app from the config on 127.0.0.1, `c` concurrent clients posting the
+   same requests to /native/rerank. Requests/s and p50/p99 latency of each; HTTP/direct and HTTP/beside.
 2. Interference. Through HTTP, the latency of a one-window request alone, and when it arrives while
    another request's window is being generated (median of several tries each).
 3. Depth. The same app with its OpenAI-compatible backend pointed at a model server on loopback that
@@ -54,7 +56,7 @@ async def _clients(requests: list, c: int, rank_one) -> dict[str, float]:
     return _summary(latencies, time.perf_counter() - started)
 
 
-def bench_direct(config, requests, levels) -> dict[int, dict[str, float]]:
+def bench_direct(config, requests, levels, label: str = "direct") -> dict[int, dict[str, float]]:
     from reasonrank.engines import build_engine
     from reasonrank.prompt import PassageTruncator
     from reasonrank.strategies import arerank
@@ -71,7 +73,7 @@ def bench_direct(config, requests, levels) -> dict[int, dict[str, float]]:
         out = {}
         for c in levels:
             out[c] = asyncio.run(_clients(requests, c, rank_one))
-            print(f"direct  c={c:<3} {out[c]}", flush=True)
+            print(f"{label:<7} c={c:<3} {out[c]}", flush=True)
         return out
     finally:
         engine.close()
@@ -191,13 +193,15 @@ def bench_depth(config, demo, call_latency_s: float, concurrent: int) -> dict[st
             "alone_calls": alone / call_latency_s, "together_calls": together / call_latency_s}
 
 
-def _overhead_table(direct, http) -> str:
-    head = (f"{'conc':>4} | {'direct req/s':>12} {'http req/s':>10} {'ratio':>6} | {'direct p50':>10} "
-            f"{'http p50':>9} {'ratio':>6} | {'direct p99':>10} {'http p99':>9} {'ratio':>6}")
+def _overhead_table(direct, beside, http) -> str:
+    head = (f"{'conc':>4} | {'direct req/s':>12} {'beside req/s':>12} {'http req/s':>10} {'ratio':>6} "
+            f"{'vs beside':>9} | {'direct p50':>10} {'http p50':>9} {'ratio':>6} | {'direct p99':>10} "
+            f"{'http p99':>9} {'ratio':>6}")
     rows = [head, "-" * len(head)]
     for c in direct:
-        d, h = direct[c], http[c]
-        rows.append(f"{c:>4} | {d['rps']:>12.2f} {h['rps']:>10.2f} {h['rps'] / d['rps']:>6.2f} | "
+        d, b, h = direct[c], beside[c], http[c]
+        rows.append(f"{c:>4} | {d['rps']:>12.2f} {b['rps']:>12.2f} {h['rps']:>10.2f} {h['rps'] / d['rps']:>6.2f} "
+                    f"{h['rps'] / b['rps']:>9.2f} | "
                     f"{d['p50_ms']:>8.0f}ms {h['p50_ms']:>7.0f}ms {h['p50_ms'] / d['p50_ms']:>6.2f} | "
                     f"{d['p99_ms']:>8.0f}ms {h['p99_ms']:>7.0f}ms {h['p99_ms'] / d['p99_ms']:>6.2f}")
     return "\n".join(rows)
@@ -233,14 +237,16 @@ def main() -> None:
     ray.init(include_dashboard=False)
     try:
         with Service(config) as service:
+            beside = bench_direct(config, requests, args.concurrency, "beside")
             http = bench_http(service, requests, args.concurrency)
             interference = bench_interference(service, _body(one_window[0]), _body(one_window[1]))
         depth = bench_depth(config, demo, args.call_latency, args.depth_requests)
     finally:
         ray.shutdown()
 
-    print("\n1. HTTP endpoint vs direct on the engine (ratios are http/direct):")
-    print(_overhead_table(direct, http))
+    print("\n1. HTTP endpoint vs direct on the engine (ratios are http/direct; `vs beside`: http/direct beside the"
+          " idle app):")
+    print(_overhead_table(direct, beside, http))
     print("\n2. A one-window request through HTTP, alone and arriving while another request's window generates:")
     print(f"   alone {interference['alone_ms']:.0f} ms, during {interference['during_ms']:.0f} ms: "
           f"{interference['ratio']:.2f}x")
@@ -251,7 +257,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_serve.json").write_text(json.dumps(
-        {"direct": direct, "http": http, "interference": interference, "depth": depth}, indent=2))
+        {"direct": direct, "beside": beside, "http": http, "interference": interference, "depth": depth}, indent=2))
     print(f"wrote {out / 'bench_serve.json'}")
 
 

@@ -168,6 +168,9 @@ def main() -> None:
     parser.add_argument("--passage-tokens", type=int, default=64)
     parser.add_argument("--max-new-tokens", type=int, default=320)
     parser.add_argument("--budgets", type=int, nargs="*", default=[64, 160], help="reasoning budgets in tokens")
+    parser.add_argument("--rows", nargs="*", metavar="STRATEGY:MODE",
+                        help="measure only these rows (e.g. tdpart:think 'tdpart:budget 64' tdpart:none); the "
+                             "baseline sliding_window:think always runs first. Default: every strategy and mode")
     parser.add_argument("--quick", action="store_true", help="10 queries, 4 timed alone, one budget")
     parser.add_argument("--out", default="outputs/bench")
     args = parser.parse_args()
@@ -205,6 +208,8 @@ def main() -> None:
         baseline = None
         for label, keys in grid:
             for mode, reasoning in reasoning_grid(args.budgets):
+                if args.rows is not None and baseline is not None and f"{label}:{mode}" not in args.rows:
+                    continue
                 strategy = StrategyConfig(**keys, reasoning=reasoning).build()
                 row = {"strategy": label, "reasoning": mode,
                        **measure(engine, strategy, requests, dataset.qrels, params, truncate, args.latency_queries)}
