@@ -117,9 +117,7 @@ class StageProgress:
 
     def line(self) -> str:
         elapsed = time.monotonic() - self.started
-        count = f"{self.done}/{self.total} {self.unit}"
-        if self.total:
-            count += f" ({100 * self.done / self.total:.0f}%)"
+        count = f"{self.done}/{self.total} {self.unit} ({100 * self.done / self.total:.0f}%)" if self.total else ""
         if self.finished:
             timing = f"{self.note or 'done'} in {_fmt_duration(elapsed)}"
         else:
@@ -127,7 +125,7 @@ class StageProgress:
             timing = f"{_fmt_duration(elapsed)} elapsed, " + (f"~{_fmt_duration(left)} left" if left is not None
                                                                else "time left: estimating")
             if self.note:
-                count = f"{count}, {self.note}"
+                count = f"{count}, {self.note}" if count else self.note
         return f"{self.name:<20} {count:<34} {timing:<32} → {self.outputs}"
 
     def _emit(self, force: bool = False) -> None:
