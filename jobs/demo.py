@@ -4,6 +4,8 @@
     → evaluate the untrained and SFT models on the held-out demo queries → a first table
     → GRPO → evaluate it → the table of all, each model compared query by query with the one before it (is the
       gain more than the choice of queries makes?)
+    → the last model under the other strategies (`strategies`) → a short table of what each costs a query
+      (LLM calls, sequential rounds, tokens) and what it ranks, against the sliding window
 
 Each stage is the ordinary job (`jobs.<stage>.run`) on its own config, chained by overriding paths, so the
 demo exercises exactly what a cluster runs. Stages resume from their outputs, so a rerun is cheap.
@@ -45,6 +47,8 @@ class DemoConfig(Strict):
     # GRPO's held-out reward evaluated before the first step and after the last only (configs/grpo-tiny.yaml: every
     # 8 steps too, for the README's curves); the steps and everything they train on stay as configured
     grpo_eval_every: int | None = Field(0, ge=0)
+    # the last model evaluated again under each of these strategies (configs/evaluate-tiny.yaml's windows)
+    strategies: list[Literal["tdpart", "parallel_blocks"]] = ["tdpart", "parallel_blocks"]
     output_dir: str = "outputs/demo-pipeline"
     ray_num_cpus: int = 8
     quiet: bool = True  # the console shows one progress line per stage and the tables; the rest goes to log_file
@@ -80,12 +84,13 @@ def pipeline(cfg: DemoConfig) -> dict[str, Any]:
     synth_dir, sft_dir, grpo_dir = (storage.join(out, s) for s in ("synthesize", "sft", "grpo"))
     base_model = load_config(cfg.evaluate_config, evaluate.EvaluateConfig).engine.model
     trained = [s for s in ("sft", "grpo") if s in cfg.stages]
-    total = ("synthesize" in cfg.stages) + len(trained) + 1 + len(trained)
+    total = ("synthesize" in cfg.stages) + len(trained) + 1 + len(trained) + len(cfg.strategies)
     labels = iter(f"[{i}/{total}]" for i in range(1, total + 1))
     models = {"untrained": base_model}
     results: dict[str, Any] = {}
     columns: dict[str, dict[str, float]] = {}
     compared: dict[str, dict[str, Any]] = {}
+    evaluations: dict[str, dict[str, Any]] = {}
 
     def evaluate_model(name: str) -> None:
         eval_dir = storage.join(out, f"evaluate-{name}")
@@ -95,6 +100,7 @@ def pipeline(cfg: DemoConfig) -> dict[str, Any]:
             summary = evaluate.run(cfg.evaluate_config, {"engine.model": models[name],
                                                          "build_tiny_model": name == "untrained",
                                                          "output_dir": eval_dir, **baseline})
+        evaluations[name] = summary
         if not columns:
             columns["BM25"] = dict(summary["before"])
         columns[name] = {**summary["after"], "well_formed": summary["well_formed_rate"]}
@@ -128,12 +134,41 @@ def pipeline(cfg: DemoConfig) -> dict[str, Any]:
 
     storage.makedirs(out)
     table = _show(columns, compared, "all models", started)
+    if cfg.strategies:
+        last = list(models)[-1]
+        results["strategies"] = _strategies(cfg, last, models[last], evaluations[last], labels)
     png = plot_metrics(columns, SHOWN, storage.join(out, "summary.png"), "demo: first stage vs rerankers")
     summary = {"models": models, "metrics": columns, "compared": compared, "table": table, "plot": str(png),
                "stages": results, "wall_time_s": round(time.monotonic() - started, 1)}
     storage.write_text_atomic(storage.join(out, "summary.json"), json.dumps(summary, indent=2, default=str))
     say(f"summary: {storage.join(out, 'summary.json')}, plot: {png}")
     return summary
+
+
+def _strategies(cfg: DemoConfig, name: str, model: str, evaluated: dict[str, Any], labels) -> dict[str, Any]:
+    """`model` (the last one trained, `evaluated` under the configured strategy) under each of
+    `cfg.strategies`, each compared query by query with that run; what each costs and ranks, on the console."""
+    from jobs import evaluate
+
+    sliding_dir = storage.join(cfg.output_dir, f"evaluate-{name}")
+    summaries = {evaluated["strategy"]: evaluated}
+    for strategy in cfg.strategies:
+        with stage(f"{next(labels)} evaluate {name}, {strategy}"):
+            summaries[strategy] = evaluate.run(cfg.evaluate_config, {
+                "engine.model": model, "strategy.name": strategy,
+                "output_dir": storage.join(cfg.output_dir, f"evaluate-{name}-{strategy}"),
+                "baseline_run": storage.join(sliding_dir, "run.trec")})
+    head = f"{'strategy':<16} {'calls/q':>7} {'depth':>5} {'tokens/q':>8} {'ndcg@10':>8}  vs {evaluated['strategy']}"
+    rows = [head, "-" * len(head)]
+    for strategy, summary in summaries.items():
+        cost = summary["per_query"]
+        vs = (PairedDifference.from_dict(summary["vs_baseline"]["ndcg@10"]).describe() if summary is not evaluated
+              else "the baseline")
+        rows.append(f"{strategy:<16} {cost['llm_calls']:>7.1f} {cost['sequential_depth']:>5.1f} "
+                    f"{cost['completion_tokens']:>8.0f} {summary['after']['ndcg@10']:>8.4f}  {vs}")
+    say(f"\nStrategies — {name} model, held-out demo queries (depth: sequential rounds of windows; tokens: "
+        "completion)\n" + "\n".join(rows) + "\n")
+    return summaries
 
 
 def _show(columns: dict[str, dict[str, float]], compared: dict[str, dict[str, Any]], title: str,
