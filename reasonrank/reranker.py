@@ -32,7 +32,7 @@ from reasonrank.prompt import PassageTruncator
 from reasonrank.scores import ScoreKind, scores
 from reasonrank.strategies import EngineCall, arerank, drive, engine_windows
 from reasonrank.strategies.reasoning import WindowFn
-from reasonrank.types import Candidate, Query, RankedList, RerankRequest, WindowLog
+from reasonrank.types import Candidate, Query, RankedList, RerankRequest, WindowLog, WindowTotals
 
 log = logging.getLogger(__name__)
 
@@ -47,24 +47,12 @@ class RerankResult:
 
 
 @dataclass(frozen=True)
-class DocumentRanking:
+class DocumentRanking(WindowTotals):
     """One query's documents ranked: indices best first (always a permutation), their scores, the windows."""
 
     order: list[int]
     scores: list[float]  # of order[0], order[1], …
     windows: list[WindowLog]
-
-    @property
-    def prompt_tokens(self) -> int:
-        return sum(w.prompt_tokens for w in self.windows)
-
-    @property
-    def completion_tokens(self) -> int:
-        return sum(w.completion_tokens for w in self.windows)
-
-    @property
-    def malformed_windows(self) -> int:
-        return sum(not w.well_formed for w in self.windows)
 
     def results(self, documents: Sequence[Document], top_n: int | None = None) -> list[RerankResult]:
         """The best `top_n` (all with None) as results carrying `documents`' own entries."""

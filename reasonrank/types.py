@@ -55,17 +55,10 @@ class WindowLog:
     # step that does not rank its window, such as an elimination step); what window votes count
 
 
-@dataclass
-class RankedList:
-    """A reranked list: candidates best first, and the windows that produced it."""
+class WindowTotals:
+    """What a ranking's windows (`self.windows`) cost and how they went, summed."""
 
-    qid: str
-    candidates: list[Candidate]
-    windows: list[WindowLog] = field(default_factory=list)
-
-    @property
-    def docids(self) -> list[str]:
-        return [c.docid for c in self.candidates]
+    windows: list[WindowLog]
 
     @property
     def calls(self) -> int:
@@ -83,6 +76,23 @@ class RankedList:
     @property
     def completion_tokens(self) -> int:
         return sum(w.completion_tokens for w in self.windows)
+
+    @property
+    def malformed_windows(self) -> int:
+        return sum(not w.well_formed for w in self.windows)
+
+
+@dataclass
+class RankedList(WindowTotals):
+    """A reranked list: candidates best first, and the windows that produced it."""
+
+    qid: str
+    candidates: list[Candidate]
+    windows: list[WindowLog] = field(default_factory=list)
+
+    @property
+    def docids(self) -> list[str]:
+        return [c.docid for c in self.candidates]
 
 
 def sequential_depth(windows: list[WindowLog]) -> int:
