@@ -69,7 +69,7 @@ def test_tdpart_top_100_windows_of_20_in_three_rounds_and_seven_calls():
     assert ranked_ids(ranked) == expected != list(range(100))
     assert (ranked.calls, ranked.depth) == (7, 3)  # the paper's setting: 1 + 5 + 1 windows in 3 rounds
     assert [w.depth for w in ranked.windows] == [0, 1, 1, 1, 1, 1, 2]
-    assert max(len(docs(call)) for call in model.calls) <= 20
+    assert [len(docs(call)) for call in model.calls] == [20] * 7  # the last chunk of 4 is topped up to 20
     assert all(docs(call)[0] == 9 for call in model.calls[1:6])  # the pivot opens every partition window
     sliding = run(SlidingWindow(window_size=20, step=10, depth=100), 100, Scripted(grades))
     assert (sliding.calls, sliding.depth) == (9, 9)
@@ -80,6 +80,29 @@ def test_tdpart_stops_after_two_rounds_when_nothing_beats_the_pivot():
     ranked = run(TopDownPartition(window_size=20, depth=100, cutoff=10), 100, Scripted({5: 3, 2: 1}))
     assert ranked_ids(ranked) == [5, 2, 0, 1, 3, 4, *range(6, 100)]
     assert (ranked.calls, ranked.depth) == (6, 2)
+
+
+def reverse(call, order):
+    """A model that ranks every window bottom to top (the pivot, shown first, always last)."""
+    return f"<think>judged</think><answer>{format_answer(order[::-1])}</answer>"
+
+
+def test_tdpart_windows_are_all_of_window_size_and_fillers_count_once():
+    """Fillers (shown only to fill a window) keep the verdict of their own window: none appears twice."""
+    model = Scripted({}, answer=reverse)
+    ranked = run(TopDownPartition(window_size=10, depth=14, cutoff=5), 14, model)
+    # [9..0] → pivot 4; {4, 5 3 2 1 0 (fillers), 10 11 12 13} → all four beat it; the nine candidates with
+    # the pivot as filler → reversed
+    assert [docs(call) for call in model.calls][1:] == [[4, 5, 3, 2, 1, 0, 10, 11, 12, 13],
+                                                        [9, 8, 7, 6, 5, 13, 12, 11, 10, 4]]
+    assert ranked_ids(ranked) == [10, 11, 12, 13, 5, 6, 7, 8, 9, 4, 3, 2, 1, 0]
+    model = Scripted({}, answer=reverse)
+    ranked = run(TopDownPartition(window_size=10, depth=50, cutoff=5), 50, model)
+    assert [len(docs(call)) for call in model.calls] == [10] * 7
+    assert docs(model.calls[5]) == [4, 41, 42, 43, 44, 45, 46, 47, 48, 49]  # 41-45 fill the last chunk
+    down = lambda a, b: list(range(a, b - 1, -1))  # noqa: E731
+    assert ranked_ids(ranked) == [14, 15, 16, 17, 18, 5, 6, 7, 8, 9, *down(13, 10), *down(27, 19),
+                                  *down(36, 28), *down(45, 37), *down(49, 46), 4, 3, 2, 1, 0]
 
 
 def test_tdpart_over_one_window_is_one_call_and_keeps_the_tail():

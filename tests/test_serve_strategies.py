@@ -22,8 +22,8 @@ from tests.test_serve_known_rankings import DOCS, GRADES, QUERY, expected_order
 pytestmark = pytest.mark.slow
 
 APP = "reranker-strategies"
-# tdpart, windows of 5, pivot at rank 2, over all ten: [0..4] → pivot 1, then {1, 5, 6} and {1, 7, 8, 9} at once,
-# then the five that beat the pivot ranked in one window
+# tdpart, windows of 5, pivot at rank 2, over all ten: [0..4] → pivot 1, then {1, 5, 6, 7, 8} and {1, 6, 7, 8, 9}
+# at once (6, 7 and 8 only fill the second window), then the five that beat the pivot ranked in one window
 TDPART_ORDER = [7, 5, 2, 6, 0, 1, 3, 4, 8, 9]
 SLIDING = {"name": "sliding_window", "window_size": 4, "step": 2, "depth": 8}
 

@@ -1,11 +1,17 @@
 """Top-down partitioning (Parry, MacAvaney & Ganguly, 2024, "TDPart"): the top of a list in three rounds.
 
     round 1: rank the top window; the passage it places at `cutoff` is the pivot
-    round 2: every other passage against the pivot, all at once: the rest of the list cut into windows of at
-             most window_size - 1 passages, each with the pivot (first, as in the paper); what a window
-             ranks above the pivot is a candidate, what it ranks below stays below
+    round 2: every other passage against the pivot, all at once: the rest of the list cut into chunks of
+             window_size - 1 passages, each shown after the pivot (first, as in the paper); what a window ranks
+             above the pivot is a candidate, what it ranks below stays below
     round 3: rank the candidates (the top window's above the pivot, then the others) in one window; only
              when some passage beat the pivot
+
+Every window holds exactly window_size passages whenever the list has that many: a model fine-tuned on one
+window size may not answer well on others (the demo model answers 10 of 12 windows of 10, none of 9). So the
+last, short partition window is topped up with the passages just above its chunk (the top window's
+included), and the candidates' window with the pivot and the passages below it; these fillers are shown but their place in that window is
+ignored (their verdict comes from their own window, or they are known to lie below the pivot).
 
 The list is: the candidates (ranked), the pivot, then everything below it in the order its window left it,
 then the first stage's tail beyond `depth`. Candidates beyond one window (rare: more than window_size -
@@ -17,7 +23,7 @@ from __future__ import annotations
 
 from reasonrank.prompt import PassageTruncator
 from reasonrank.strategies.base import RankingStrategy, Steps
-from reasonrank.strategies.rounds import even_chunks, rank_round
+from reasonrank.strategies.rounds import rank_round
 from reasonrank.types import RankedList, RerankRequest
 
 
@@ -40,16 +46,21 @@ class TopDownPartition(RankingStrategy):
             return RankedList(request.query.qid, top + tail, logs)
         pivot = top[self.cutoff]
         above, below = top[:self.cutoff], top[self.cutoff + 1:]
-        spans = even_chunks(len(rest), size - 1)
-        windows = [[pivot, *rest[start:end]] for start, end in spans]
+        chunk = size - 1
+        spans = [(start, min(start + chunk, len(rest))) for start in range(0, len(rest), chunk)]
+        fills = [(above + below + rest[:start])[end - start - chunk:] if end - start < chunk else []
+                 for start, end in spans]  # a short chunk is topped up with the passages just above it
+        windows = [[pivot, *fill, *rest[start:end]] for fill, (start, end) in zip(fills, spans)]
         orders = yield from rank_round(self, request, truncate, windows,
                                        [(size + start, size + end) for start, end in spans], logs)
-        for window, order in zip(windows, orders):
-            at = order.index(0)  # the pivot's place
-            above += [window[i] for i in order[:at]]
-            below += [window[i] for i in order[at + 1:]]
+        for window, fill, order in zip(windows, fills, orders):
+            at, new = order.index(0), 1 + len(fill)  # the pivot's place; where the chunk's own passages begin
+            above += [window[i] for i in order[:at] if i >= new]
+            below += [window[i] for i in order[at + 1:] if i >= new]
         if len(above) > self.cutoff:  # something beat the pivot: rank the candidates once more
-            (order,) = yield from rank_round(self, request, truncate, [above[:size]],
-                                             [(0, min(size, len(above)))], logs)
-            above = [above[i] for i in order] + above[size:]
+            head = above[:size]
+            fill = ([pivot] + below)[:size - len(head)]
+            (order,) = yield from rank_round(self, request, truncate, [head + fill],
+                                             [(0, len(head) + len(fill))], logs)
+            above = [head[i] for i in order if i < len(head)] + above[size:]
         return RankedList(request.query.qid, above + [pivot] + below + tail, logs)
