@@ -10,8 +10,9 @@
 Every window holds exactly window_size passages whenever the list has that many: a model fine-tuned on one
 window size may not answer well on others (the demo model answers 10 of 12 windows of 10, none of 9). So the
 last, short partition window is topped up with the passages just above its chunk (the top window's
-included), and the candidates' window with the pivot and the passages below it; these fillers are shown but their place in that window is
-ignored (their verdict comes from their own window, or they are known to lie below the pivot).
+included), and the candidates' window with the pivot and the passages below it; these fillers are shown,
+but their place in that window is ignored (their verdict comes from their own window, or they are known to
+lie below the pivot).
 
 The list is: the candidates (ranked), the pivot, then everything below it in the order its window left it,
 then the first stage's tail beyond `depth`. Candidates beyond one window (rare: more than window_size -
