@@ -5,13 +5,14 @@
 
 On the demo's held-out queries, over a BM25 run deep enough that the sliding window (windows of 10, step 5,
 as the demo model is trained) needs 9 windows: the top 50 of BM25 over the whole demo corpus (the demo's
-own run has 20 candidates per query), for the sliding window, top-down partitioning and parallel blocks
-(with and without the top window ranked again), each with reasoning as trained, under each budget and
-without reasoning. Per row: LLM calls, sequential depth, prompt and completion tokens per query; p50
-latency with one query at a time (over the first `--latency-queries`) and with 16 at once (over all);
-NDCG@10 and its paired difference from the sliding window with reasoning (95% bootstrap CI, paired
-randomisation p-value, `reasonrank.significance`). Greedy decoding, so the rankings do not depend on the
-concurrency. The prefix cache is emptied before each row.
+own run has 20 candidates per query), for the sliding window, the first stage's top window alone (a reference:
+what ranking below it adds), top-down partitioning and parallel blocks (with and without the top window ranked
+again), each with reasoning as trained, under each budget and without reasoning. Per row: LLM calls,
+sequential depth, prompt and completion tokens per query; p50 latency with one query at a time (over the
+first `--latency-queries`) and with 16 at once (over all); NDCG@10 and its paired difference from the sliding
+window with reasoning (95% bootstrap CI, paired randomisation p-value, `reasonrank.significance`). Greedy
+decoding, so the rankings do not depend on the concurrency. The prefix cache is emptied before each row. Also
+how many relevant passages the first stage leaves in its top window and below it (what depth can gain).
 
 First, without a model, the paper's setting: calls and depth for the top 100 with windows of 20 (step 10,
 pivot at rank 10), each strategy driven by a scripted model that ranks windows by known grades. Writes the
@@ -32,12 +33,14 @@ CONCURRENCY = 16
 _PASSAGE = re.compile(r"^\[(\d+)\] (.*)$", re.MULTILINE)
 
 
-def strategy_grid(window: int, step: int, depth: int, passage_tokens: int | None) -> list[tuple[str, dict]]:
+def strategy_grid(window: int, step: int, depth: int, passage_tokens: int | None,
+                  cutoff: int | None = None) -> list[tuple[str, dict]]:
     """(label, strategy config keys) of every strategy measured; the sliding window first (the baseline)."""
     shared = {"window_size": window, "depth": depth, "passage_max_tokens": passage_tokens}
     return [
         ("sliding_window", {"name": "sliding_window", "step": step, **shared}),
-        ("tdpart", {"name": "tdpart", **shared}),
+        ("top_window", {"name": "sliding_window", "step": step, **shared, "depth": window}),  # the top window only
+        ("tdpart", {"name": "tdpart", "cutoff": cutoff, **shared}),
         ("parallel_blocks", {"name": "parallel_blocks", **shared}),
         ("parallel_blocks+top", {"name": "parallel_blocks", "rerank_top": True, **shared}),
     ]
@@ -111,6 +114,16 @@ async def timed(strategy, requests, truncate, window, concurrency: int):
     return [r for r, _ in done], [s for _, s in done]
 
 
+def relevant_by_depth(requests, qrels, window: int) -> tuple[int, int]:
+    """How many relevant passages the first stage leaves in its top window, and how many below it."""
+    top = below = 0
+    for request in requests:
+        graded = qrels.get(request.query.qid, {})
+        hits = [graded.get(c.docid, 0) > 0 for c in request.candidates]
+        top, below = top + sum(hits[:window]), below + sum(hits[window:])
+    return top, below
+
+
 def ndcg10(rankings, qrels) -> dict[str, float]:
     from reasonrank.metrics import per_query_metrics
 
@@ -167,6 +180,8 @@ def main() -> None:
     parser.add_argument("--step", type=int, default=5)
     parser.add_argument("--passage-tokens", type=int, default=64)
     parser.add_argument("--max-new-tokens", type=int, default=320)
+    parser.add_argument("--cutoff", type=int, help="tdpart's pivot: its 0-based rank in the top window "
+                                                      "(default: half the window)")
     parser.add_argument("--budgets", type=int, nargs="*", default=[64, 160], help="reasoning budgets in tokens")
     parser.add_argument("--rows", nargs="*", metavar="STRATEGY:MODE",
                         help="measure only these rows (e.g. tdpart:think 'tdpart:budget 64' tdpart:none); the "
@@ -202,7 +217,7 @@ def main() -> None:
     try:
         truncate = PassageTruncator(engine.tokenizer, args.passage_tokens, 4096, args.max_new_tokens)
         params = SamplingParams(max_new_tokens=args.max_new_tokens)
-        grid = strategy_grid(args.window, args.step, args.first_stage_depth, args.passage_tokens)
+        grid = strategy_grid(args.window, args.step, args.first_stage_depth, args.passage_tokens, args.cutoff)
         warm_up = StrategyConfig(**grid[0][1]).build()
         asyncio.run(timed(warm_up, requests[:2], truncate, engine_windows(engine, params), 2))
         baseline = None
@@ -226,7 +241,11 @@ def main() -> None:
         engine.close()
     print()
     print(f"{len(requests)} held-out demo queries, BM25 top-{args.first_stage_depth}, model {model}, windows of "
-          f"{args.window} (sliding step {args.step}), reasoning budgets in new tokens per window")
+          f"{args.window} (sliding step {args.step}, tdpart's pivot at rank {args.cutoff or args.window // 2}), "
+          "reasoning budgets in new tokens per window")
+    top, below = relevant_by_depth(requests, dataset.qrels, args.window)
+    print(f"Relevant passages in BM25's top {args.window}: {top}; "
+          f"at ranks {args.window + 1}-{args.first_stage_depth}: {below}")
     print(table(first_stage, rows, paper))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
