@@ -1,14 +1,16 @@
 """The demo pipeline on the embedded defaults — what `make demo` runs.
 
     synthesize (the simulated teacher on the demo data) → SFT (tiny model)
-    → evaluate the untrained and SFT models on the held-out demo queries → a first table
+    → evaluate the SFT model on the held-out demo queries against BM25, query by query → a first table
     → GRPO → evaluate it → the table of all, each model compared query by query with the one before it (is the
       gain more than the choice of queries makes?)
     → the last model under the other strategies (`strategies`) → a short table of what each costs a query
       (LLM calls, sequential rounds, tokens) and what it ranks, against the sliding window
 
-Each stage is the ordinary job (`jobs.<stage>.run`) on its own config, chained by overriding paths, so the
-demo exercises exactly what a cluster runs. Stages resume from their outputs, so a rerun is cheap.
+The untrained tiny model is evaluated only when there is no SFT stage: it cannot answer in format, so it keeps
+BM25's order, which the table shows anyway. Each stage is the ordinary job (`jobs.<stage>.run`) on its own
+config, chained by overriding paths, so the demo exercises exactly what a cluster runs. Stages resume from
+their outputs, so a rerun is cheap.
 The console shows one progress line per stage (`jobs/progress.py`: count, time left, where the outputs go)
 and the tables; the jobs' logs and the libraries' output go to `<output_dir>/demo.log`.
 """
@@ -77,35 +79,38 @@ def _ray_logs() -> str:
 
 def pipeline(cfg: DemoConfig) -> dict[str, Any]:
     from jobs import evaluate, grpo, sft, synthesize
+    from reasonrank.data.demo import ensure_demo_dataset
 
     started = time.monotonic()
     init_ray(cfg.ray_num_cpus)
     out = cfg.output_dir
     synth_dir, sft_dir, grpo_dir = (storage.join(out, s) for s in ("synthesize", "sft", "grpo"))
-    base_model = load_config(cfg.evaluate_config, evaluate.EvaluateConfig).engine.model
+    evaluate_cfg = load_config(cfg.evaluate_config, evaluate.EvaluateConfig)
+    base_model = evaluate_cfg.engine.model
     trained = [s for s in ("sft", "grpo") if s in cfg.stages]
-    total = ("synthesize" in cfg.stages) + len(trained) + 1 + len(trained) + len(cfg.strategies)
+    total = ("synthesize" in cfg.stages) + 2 * len(trained) + ("sft" not in cfg.stages) + len(cfg.strategies)
     labels = iter(f"[{i}/{total}]" for i in range(1, total + 1))
-    models = {"untrained": base_model}
+    models = {} if "sft" in cfg.stages else {"untrained": base_model}
     results: dict[str, Any] = {}
     columns: dict[str, dict[str, float]] = {}
     compared: dict[str, dict[str, Any]] = {}
     evaluations: dict[str, dict[str, Any]] = {}
 
     def evaluate_model(name: str) -> None:
+        """Evaluate `models[name]`, compared query by query with the model before it (the first with BM25)."""
         eval_dir = storage.join(out, f"evaluate-{name}")
-        previous = list(models)[list(models).index(name) - 1] if name != "untrained" else None
-        baseline = {"baseline_run": storage.join(out, f"evaluate-{previous}", "run.trec")} if previous else {}
+        before = list(models)[:list(models).index(name)]
+        previous, baseline = ((before[-1], storage.join(out, f"evaluate-{before[-1]}", "run.trec")) if before
+                              else ("BM25", str(ensure_demo_dataset(evaluate_cfg.data.demo_dir).run_path)))
         with stage(f"{next(labels)} evaluate {name}"):
             summary = evaluate.run(cfg.evaluate_config, {"engine.model": models[name],
                                                          "build_tiny_model": name == "untrained",
-                                                         "output_dir": eval_dir, **baseline})
+                                                         "output_dir": eval_dir, "baseline_run": baseline})
         evaluations[name] = summary
         if not columns:
             columns["BM25"] = dict(summary["before"])
         columns[name] = {**summary["after"], "well_formed": summary["well_formed_rate"]}
-        if previous:
-            compared[f"{name} vs {previous}"] = summary["vs_baseline"]["ndcg@10"]
+        compared[f"{name} vs {previous}"] = summary["vs_baseline"]["ndcg@10"]
 
     if "synthesize" in cfg.stages:
         with stage(f"{next(labels)} synthesize"):
@@ -118,9 +123,7 @@ def pipeline(cfg: DemoConfig) -> dict[str, Any]:
                                                       "storage.path": storage.join(out, "checkpoints"),
                                                       **sft_data, **epochs})
         models["SFT"] = storage.join(sft_dir, "final")
-    evaluate_model("untrained")
-    if "sft" in cfg.stages:
-        evaluate_model("SFT")
+    evaluate_model(next(iter(models)))
     if "grpo" in cfg.stages:
         if "sft" in cfg.stages:  # a first table while GRPO trains: it takes a while on a laptop
             _show(columns, compared, "first result, before GRPO", started)
