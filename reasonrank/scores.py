@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from reasonrank.types import WindowLog
 
@@ -25,6 +25,14 @@ class ScoreUnavailable(ValueError):
     """The score asked for cannot be given for this ranking (votes from a strategy whose steps do not rank)."""
 
 
+def check_score(kind: ScoreKind, strategy: Any) -> None:
+    """Refuse, before anything is ranked, a score that `strategy` (a RankingStrategy class: its `name` and
+    `ranks_windows`) cannot give."""
+    if kind == "votes" and not strategy.ranks_windows:
+        raise ScoreUnavailable(f"score 'votes' needs windows that rank their passages; the {strategy.name} "
+                               "strategy's steps do not (use score 'rank')")
+
+
 def relevance_score(rank: int) -> float:
     """Score of the document at 0-based `rank`: 1/(1+rank)."""
     return 1.0 / (1 + rank)
@@ -33,11 +41,7 @@ def relevance_score(rank: int) -> float:
 def window_votes(windows: Sequence[WindowLog]) -> dict[str, float]:
     """docid -> mean normalised Borda count over the windows that ranked it (see the module)."""
     votes: dict[str, list[float]] = defaultdict(list)
-    ranking = [w for w in windows if w.ranked is not None]
-    if windows and not ranking:
-        raise ScoreUnavailable(f"score 'votes' needs windows that rank their passages; the {windows[0].strategy} "
-                         "strategy's steps do not (use score 'rank')")
-    for window in ranking:
+    for window in (w for w in windows if w.ranked is not None):
         last = len(window.ranked) - 1
         for place, docid in enumerate(window.ranked):
             votes[docid].append(1.0 if last == 0 else (last - place) / last)

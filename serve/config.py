@@ -10,7 +10,8 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from reasonrank.config import EngineConfig, SamplingConfig, StrategyConfig, Strict
-from reasonrank.scores import ScoreKind
+from reasonrank.scores import ScoreKind, ScoreUnavailable, check_score
+from reasonrank.strategies import STRATEGIES
 
 
 class Autoscaling(Strict):
@@ -104,4 +105,12 @@ class ServeConfig(Strict):
         if self.engine.backend == "vllm" and gpus > 0 and gpus < tp:
             raise ValueError(f"deployment.resources.num_gpus ({gpus}) is less than "
                              f"engine.tensor_parallel_size ({tp}); one replica needs a GPU per shard")
+        return self
+
+    @model_validator(mode="after")
+    def _score_fits_the_strategy(self) -> "ServeConfig":
+        try:
+            check_score(self.score, STRATEGIES[self.strategy.name])
+        except ScoreUnavailable as e:
+            raise ValueError(str(e)) from None
         return self

@@ -108,8 +108,21 @@ def _window(ranked, strategy="sliding_window"):
 def test_window_votes_are_mean_normalised_borda_counts():
     votes = window_votes([_window(["a", "b", "c"]), _window(["c", "a"]), _window(["d"])])
     assert votes == {"a": (1.0 + 0.0) / 2, "b": 0.5, "c": (0.0 + 1.0) / 2, "d": 1.0}
+
+
+def test_votes_from_a_strategy_whose_steps_do_not_rank_are_refused_before_any_engine_call(scripted):
+    calls = []
+
+    async def window(call):
+        calls.append(call)
+        raise AssertionError("no window should be asked for")
+
+    elimination = StrategyConfig(name="iterative_elimination", depth=10)
     with pytest.raises(ScoreUnavailable, match="iterative_elimination"):
-        window_votes([_window(None, "iterative_elimination")])
+        asyncio.run(scripted.rank(QUERY, DOCS, strategy=elimination, score="votes", window=window))
+    assert calls == []
+    with pytest.raises(ScoreUnavailable, match="iterative_elimination"):
+        scripted.rerank_batch([QUERY], [DOCS], strategy=elimination, score="votes")
 
 
 def test_from_config_takes_a_serve_or_an_evaluate_config(model_server, tmp_path):

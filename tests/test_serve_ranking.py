@@ -76,3 +76,6 @@ def test_serve_config_names_the_wrong_key():
         load_config(CONFIGS / "serve-tiny.yaml", ServeConfig, {"deployment.resources.gpus": 1})
     with pytest.raises(ConfigError, match="tensor_parallel_size"):
         load_config(CONFIGS / "serve-reasonrank-7b.yaml", ServeConfig, {"engine.tensor_parallel_size": 2})
+    with pytest.raises(ConfigError, match="score 'votes'.*iterative_elimination"):
+        load_config(CONFIGS / "serve-tiny.yaml", ServeConfig,
+                    {"score": "votes", "strategy.name": "iterative_elimination"})

@@ -39,6 +39,7 @@ Steps = Generator[EngineCall | list[EngineCall], Generation | list[Generation], 
 
 class RankingStrategy(ABC):
     name: ClassVar[str]
+    ranks_windows: ClassVar[bool] = True  # each step ranks its whole window: what score "votes" counts
     reasoning: ReasoningConfig = ReasoningConfig()  # as trained, unless its config says otherwise
 
     @abstractmethod

@@ -16,6 +16,7 @@ from reasonrank.types import RankedList, RerankRequest
 
 class IterativeElimination(RankingStrategy):
     name = "iterative_elimination"
+    ranks_windows = False  # a step names the least relevant passage, it does not rank the window
 
     def __init__(self, depth: int | None = 20, stop_at: int = 1):
         if stop_at < 1:
