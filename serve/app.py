@@ -253,9 +253,7 @@ def build_app(args: dict[str, Any] | ServeConfig) -> Application:
         from reasonrank.tiny_model import ensure_tiny_model
 
         ensure_tiny_model(config.engine.model, ensure_demo_dataset(config.build_tiny_model_from).texts())
-    model_dir = Path(config.engine.model)
-    if config.engine.backend != "openai":
-        config = config.model_copy(update={"strategy": config.strategy.for_model(config.engine.model, logger)})
+    model_dir = Path(config.engine.model)  # the replica's Reranker.build takes the model's prompt settings
     if config.engine.backend != "openai" and model_dir.exists():  # replicas may run in another directory
         config = config.model_copy(update={"engine": config.engine.model_copy(
             update={"model": str(model_dir.resolve())})})
