@@ -101,8 +101,8 @@ def test_votes_from_strategies_that_rank_windows_in_rounds(scripted, name):
     assert all(0.0 <= v <= 1.0 for v in votes.values()) and min(votes.values()) == 0.0
 
 
-def _window(ranked, strategy="sliding_window"):
-    return WindowLog("q", strategy, 0, 0, 1, 1, 0.0, True, ranked=ranked)
+def _window(ranked):
+    return WindowLog("q", "sliding_window", 0, 0, 1, 1, 0.0, True, ranked=ranked)
 
 
 def test_window_votes_are_mean_normalised_borda_counts():
