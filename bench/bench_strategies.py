@@ -240,8 +240,9 @@ def main() -> None:
     finally:
         engine.close()
     print()
+    pivot = StrategyConfig(**dict(grid)["tdpart"]).build().cutoff
     print(f"{len(requests)} held-out demo queries, BM25 top-{args.first_stage_depth}, model {model}, windows of "
-          f"{args.window} (sliding step {args.step}, tdpart's pivot at rank {args.cutoff or args.window // 2}), "
+          f"{args.window} (sliding step {args.step}, tdpart's pivot at rank {pivot}), "
           "reasoning budgets in new tokens per window")
     top, below = relevant_by_depth(requests, dataset.qrels, args.window)
     print(f"Relevant passages in BM25's top {args.window}: {top}; "

@@ -98,14 +98,14 @@ def pipeline(cfg: DemoConfig) -> dict[str, Any]:
 
     def evaluate_model(name: str) -> None:
         """Evaluate `models[name]`, compared query by query with the model before it (the first with BM25)."""
-        eval_dir = storage.join(out, f"evaluate-{name}")
         before = list(models)[:list(models).index(name)]
-        previous, baseline = ((before[-1], storage.join(out, f"evaluate-{before[-1]}", "run.trec")) if before
+        previous, baseline = ((before[-1], _run(out, before[-1])) if before
                               else ("BM25", str(ensure_demo_dataset(evaluate_cfg.data.demo_dir).run_path)))
         with stage(f"{next(labels)} evaluate {name}"):
             summary = evaluate.run(cfg.evaluate_config, {"engine.model": models[name],
                                                          "build_tiny_model": name == "untrained",
-                                                         "output_dir": eval_dir, "baseline_run": baseline})
+                                                         "output_dir": _evaluated(out, name),
+                                                         "baseline_run": baseline})
         evaluations[name] = summary
         if not columns:
             columns["BM25"] = dict(summary["before"])
@@ -153,14 +153,13 @@ def _strategies(cfg: DemoConfig, name: str, model: str, evaluated: dict[str, Any
     `cfg.strategies`, each compared query by query with that run; what each costs and ranks, on the console."""
     from jobs import evaluate
 
-    sliding_dir = storage.join(cfg.output_dir, f"evaluate-{name}")
     summaries = {evaluated["strategy"]: evaluated}
     for strategy in cfg.strategies:
         with stage(f"{next(labels)} evaluate {name}, {strategy}"):
             summaries[strategy] = evaluate.run(cfg.evaluate_config, {
                 "engine.model": model, "strategy.name": strategy,
-                "output_dir": storage.join(cfg.output_dir, f"evaluate-{name}-{strategy}"),
-                "baseline_run": storage.join(sliding_dir, "run.trec")})
+                "output_dir": _evaluated(cfg.output_dir, f"{name}-{strategy}"),
+                "baseline_run": _run(cfg.output_dir, name)})
     head = f"{'strategy':<16} {'calls/q':>7} {'depth':>5} {'tokens/q':>8} {'ndcg@10':>8}  vs {evaluated['strategy']}"
     rows = [head, "-" * len(head)]
     for strategy, summary in summaries.items():
@@ -172,6 +171,16 @@ def _strategies(cfg: DemoConfig, name: str, model: str, evaluated: dict[str, Any
     say(f"\nStrategies — {name} model, held-out demo queries (depth: sequential rounds of windows; tokens: "
         "completion)\n" + "\n".join(rows) + "\n")
     return summaries
+
+
+def _evaluated(out: str, name: str) -> str:
+    """Where the demo's evaluation `name` writes."""
+    return storage.join(out, f"evaluate-{name}")
+
+
+def _run(out: str, name: str) -> str:
+    """The TREC run of the demo's evaluation `name`."""
+    return storage.join(_evaluated(out, name), "run.trec")
 
 
 def _show(columns: dict[str, dict[str, float]], compared: dict[str, dict[str, Any]], title: str,

@@ -30,7 +30,7 @@ from reasonrank.engines import build_engine
 from reasonrank.engines.base import Engine, Generation, run_sync
 from reasonrank.prompt import PassageTruncator
 from reasonrank.scores import ScoreKind, check_score, scores
-from reasonrank.strategies import STRATEGIES, EngineCall, arerank, drive, engine_windows
+from reasonrank.strategies import EngineCall, arerank, drive, engine_windows
 from reasonrank.strategies.reasoning import WindowFn
 from reasonrank.types import Candidate, Query, RankedList, RerankRequest, WindowLog, WindowTotals
 
@@ -132,11 +132,17 @@ class Reranker:
                    score: ScoreKind | None = None, qid: str = "", window: WindowFn | None = None) -> DocumentRanking:
         """The whole ranking of `texts` with its windows. Each window comes from `window` when given (the
         service wraps `self.window` to tell the engine's faults apart), else from `self.window`."""
-        strategy, score = strategy or self.strategy, score or self.score
-        check_score(score, STRATEGIES[strategy.name])
+        strategy = strategy or self.strategy
+        score = self._score(score, strategy)
         request = RerankRequest.of(Query(qid, query), [Candidate(str(i), t) for i, t in enumerate(texts)])
         ranked = await drive(strategy.build(), request, self.truncator(strategy), window or self.window)
         return _ranking(ranked, score)
+
+    def _score(self, score: ScoreKind | None, strategy: StrategyConfig) -> ScoreKind:
+        """The score asked for (else this reranker's), refused before any engine call if `strategy` cannot give it."""
+        score = score or self.score
+        check_score(score, strategy.name)
+        return score
 
     async def window(self, call: EngineCall) -> Generation:
         """One window from the engine, at most `max_windows_in_flight` (of every call on this loop) at once."""
@@ -159,8 +165,7 @@ class Reranker:
                             score: ScoreKind | None = None) -> list[list[RerankResult]]:
         if len(queries) != len(documents):
             raise ValueError(f"{len(queries)} queries but {len(documents)} lists of documents")
-        score = score or self.score
-        check_score(score, STRATEGIES[(strategy or self.strategy).name])
+        score = self._score(score, strategy or self.strategy)
         requests = [RerankRequest.of(Query(str(q), query), [Candidate(str(i), document_text(d))
                                                             for i, d in enumerate(docs)])
                     for q, (query, docs) in enumerate(zip(queries, documents))]

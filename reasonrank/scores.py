@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Literal
 
+from reasonrank.strategies import STRATEGIES
 from reasonrank.types import WindowLog
 
 ScoreKind = Literal["rank", "votes"]
@@ -25,11 +26,10 @@ class ScoreUnavailable(ValueError):
     """The score asked for cannot be given for this ranking (votes from a strategy whose steps do not rank)."""
 
 
-def check_score(kind: ScoreKind, strategy: Any) -> None:
-    """Refuse, before anything is ranked, a score that `strategy` (a RankingStrategy class: its `name` and
-    `ranks_windows`) cannot give."""
-    if kind == "votes" and not strategy.ranks_windows:
-        raise ScoreUnavailable(f"score 'votes' needs windows that rank their passages; the {strategy.name} "
+def check_score(kind: ScoreKind, strategy: str) -> None:
+    """Refuse, before anything is ranked, a score that the strategy named `strategy` cannot give."""
+    if kind == "votes" and not STRATEGIES[strategy].ranks_windows:
+        raise ScoreUnavailable(f"score 'votes' needs windows that rank their passages; the {strategy} "
                                "strategy's steps do not (use score 'rank')")
 
 

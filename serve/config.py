@@ -11,7 +11,6 @@ from pydantic import Field, model_validator
 
 from reasonrank.config import EngineConfig, SamplingConfig, StrategyConfig, Strict
 from reasonrank.scores import ScoreKind, ScoreUnavailable, check_score
-from reasonrank.strategies import STRATEGIES
 
 
 class Autoscaling(Strict):
@@ -110,7 +109,7 @@ class ServeConfig(Strict):
     @model_validator(mode="after")
     def _score_fits_the_strategy(self) -> "ServeConfig":
         try:
-            check_score(self.score, STRATEGIES[self.strategy.name])
+            check_score(self.score, self.strategy.name)
         except ScoreUnavailable as e:
             raise ValueError(str(e)) from None
         return self
