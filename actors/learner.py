@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
-from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -135,7 +134,7 @@ class Learner:
                     logits = response_logits(engine, batch.to(engine.device))
                     old.append(token_logprobs(logits, batch.response_ids.to(engine.device), spec.temperature).cpu())
                     gaps.append(engine_logprob_gap(logits, batch, _engine_logprobs(part, batch.response_len)))
-        totals: dict[str, float] = defaultdict(float)
+        per_micro: list[dict[str, float]] = []
         for i, (part, batch, lo) in enumerate(micro):
             width = batch.response_len
             if self.reference is not None:
@@ -151,8 +150,10 @@ class Learner:
                 gaps.append(engine_logprob_gap(logits, batch, _engine_logprobs(part, width)))
             old_i = old[i].to(engine.device) if old is not None else logprobs.detach()
             advantages = torch.tensor([r.advantage for r in part], device=engine.device)
+            behaviour = _engine_logprobs(part, width).to(engine.device) if spec.loss.is_cap is not None else None
             loss, stats = spec.loss(logprobs, old_i, None if ref is None else ref.to(engine.device), advantages,
-                                    on_device.response_mask, tokens=tokens[i // spec.grad_accum])
+                                    on_device.response_mask, tokens=tokens[i // spec.grad_accum],
+                                    behaviour_logprobs=behaviour)
             engine.backward(loss)
             engine.step()
             mask = batch.response_mask
@@ -161,11 +162,9 @@ class Learner:
             # how far the policy has moved from the reference, in the same units
             if ref is not None:
                 stats["ref_logprob_diff"] = _masked_mean((ref.cpu() - current).abs(), mask)
-            for k, v in stats.items():
-                totals[k] += v / len(micro)
-        totals["grad_norm"] = float(engine.get_global_grad_norm() or 0.0)
-        totals["lr"] = engine.get_lr()[0]
-        return dict(totals)
+            per_micro.append(stats)
+        return combine_stats(per_micro) | {"grad_norm": float(engine.get_global_grad_norm() or 0.0),
+                                           "lr": engine.get_lr()[0]}
 
     def _token_mean_denominators(self, batches: Sequence[TokenBatch]) -> list[float]:
         """Per optimizer update, the response tokens of all its micro-batches on all ranks, divided by the
@@ -228,6 +227,12 @@ def parameter_specs(learner: Learner) -> list[tuple[str, str, tuple[int, ...]]]:
             for name, p in engine.module.named_parameters()]
 
 
+def combine_stats(parts: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Per-micro-batch (or per-rank) statistics as one: the largest of each `*_max`, the mean of the rest."""
+    return {k: max(p[k] for p in parts) if k.endswith("_max") else sum(p[k] for p in parts) / len(parts)
+            for k in parts[0]}
+
+
 def _engine_logprobs(part: Sequence[Rollout], width: int) -> torch.Tensor:
     return pad_right([r.rollout_logprobs for r in part], width)
 
@@ -270,8 +275,7 @@ class LearnerGroup:
         shares = sharding.by_key(list(zip(rollouts, reference, strict=True)), n, key=lambda pair: pair[0].key)
         refs = [a.train_step.remote([r for r, _ in share], None if ref_logprobs is None else [lp for _, lp in share])
                 for a, share in zip(self.actors, shares)]
-        per_rank = ray.get(refs)
-        return {k: sum(s[k] for s in per_rank) / n for k in per_rank[0]}
+        return combine_stats(ray.get(refs))
 
     def full_state_dict(self) -> ray.ObjectRef:
         """An object-store reference to rank 0's full weights (the driver owns it, so it outlives the call)."""

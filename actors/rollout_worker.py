@@ -5,10 +5,16 @@ A worker answers RL prompts with G samples each and returns `Rollout`s carrying 
 engine's log-probabilities and the version of the weights that sampled them. Weights arrive through
 `actors/weight_sync.py`.
 
+A step's generation is submitted (`RolloutGroup.submit`) and collected (`collect`) apart, so the
+asynchronous loop can train on one batch while the engines sample the next; `generate` does both at once.
+A rollout is accepted only if sampled with at least the weights version current when it was submitted:
+an older one (a worker that answered from weights it should no longer hold) is dropped, counted in
+`stale_dropped`, and its shard sampled again.
+
 Faults: a worker that dies is restarted by Ray (`max_restarts`) with the weights it was built from, so its
 work is NOT retried blindly (`max_task_retries=0`): `RolloutGroup` notices the failure (or a version
-behind the current one), brings the restarted worker up to date through the weight sync, and re-issues
-the shard. The step completes with every rollout sampled by the current weights.
+behind the submitted one), brings the restarted worker up to date through the weight sync, and re-issues
+the shard. The batch completes with every rollout sampled by the weights it was submitted under or newer.
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -42,9 +49,17 @@ class RolloutWorker(EngineActor):
         super().__init__(config.model_copy(update={"model": storage.local_dir(config.model)}))
         self.tokenizer = self.engine.tokenizer
         self.passage_max_tokens = passage_max_tokens
+        self._busy_s = 0.0
+        self._batches = 0  # rollout batches being generated now
+        self._busy_since = 0.0
 
     def weights_version(self) -> int:
         return self.engine.weights_version
+
+    def busy_seconds(self) -> float:
+        """Wall seconds so far during which this engine had a rollout batch to generate (what the loop's
+        overlap is measured by: the engine is idle the rest of the time)."""
+        return self._busy_s + (time.perf_counter() - self._busy_since if self._batches else 0.0)
 
     def num_workers(self) -> int:
         """Engine worker processes (tensor-parallel ranks): this engine's share of an NCCL weight group."""
@@ -58,7 +73,15 @@ class RolloutWorker(EngineActor):
         if cut:
             log.warning("%d prompt(s) longer than %d tokens (max_model_len − max_new_tokens) were cut to fit: %s",
                         len(cut), limit, ", ".join(cut))
-        generations = await asyncio.to_thread(self.engine.generate, [f.messages for f in fitted], params)
+        if not self._batches:
+            self._busy_since = time.perf_counter()
+        self._batches += 1
+        try:
+            generations = await asyncio.to_thread(self.engine.generate, [f.messages for f in fitted], params)
+        finally:
+            self._batches -= 1
+            if not self._batches:
+                self._busy_s += time.perf_counter() - self._busy_since
         prompt_ids = [f.ids for f in fitted]
         out = []
         for k, gen in enumerate(generations):
@@ -75,8 +98,19 @@ class RolloutWorker(EngineActor):
         self.close()
 
 
+@dataclass
+class RolloutRequest:
+    """One batch of RL rows submitted to the workers and not yet collected."""
+
+    samples: Sequence[RLSample]
+    params: SamplingParams
+    version: int  # the weights version current at submission: the oldest a rollout of it may be sampled with
+    shards: list[range]  # the rows each worker answers
+    pending: dict[int, ray.ObjectRef]  # worker → its shard's rollouts, while in flight
+
+
 class RolloutGroup:
-    """The driver's handle on the rollout workers: spreads a step's prompts, re-issues lost or stale work."""
+    """The driver's handle on the rollout workers: spreads a batch's prompts, re-issues lost or stale work."""
 
     RESTART_TIMEOUT_S = 600.0
     MAX_REISSUES = 3  # per worker and call: a worker that stays stale after being updated is a bug, not bad luck
@@ -89,34 +123,49 @@ class RolloutGroup:
         self.workers = [RolloutWorker.options(num_cpus=num_cpus, num_gpus=num_gpus, **options).remote(
             engine.model_dump(), passage_max_tokens) for _ in range(replicas)]
         self.restarts = 0
+        self.stale_dropped = 0  # rollouts sampled with weights older than their batch allows, sampled again
 
     def ready(self) -> list[ray.ObjectRef]:
         """References that resolve once every engine is up (to wait on together with other start-ups)."""
         return [w.weights_version.remote() for w in self.workers]
 
+    def busy_seconds(self) -> list[float]:
+        """Per worker, the wall seconds it has spent generating rollout batches so far."""
+        return ray.get([w.busy_seconds.remote() for w in self.workers])
+
     def generate(self, samples: Sequence[RLSample], params: SamplingParams, version: int,
                  bring_up_to_date: Callable[[int], None]) -> list[Rollout]:
-        """Rollouts of every sample (`params.n` each, in sample order), all sampled with weights `version`.
+        """`submit` then `collect`: rollouts of every sample, sampled with weights `version` (or newer)."""
+        return self.collect(self.submit(samples, params, version), bring_up_to_date)
+
+    def submit(self, samples: Sequence[RLSample], params: SamplingParams, version: int) -> RolloutRequest:
+        """Start sampling `params.n` rollouts of every sample, the engines now holding weights `version`."""
+        shards = [range(a, b) for a, b in balanced_spans(len(samples), len(self.workers))]
+        pending = {w: self._submit(w, samples, shards[w], params) for w in range(len(self.workers)) if shards[w]}
+        return RolloutRequest(samples, params, version, shards, pending)
+
+    def collect(self, request: RolloutRequest, bring_up_to_date: Callable[[int], None]) -> list[Rollout]:
+        """The request's rollouts in sample order, once all are in.
 
         `bring_up_to_date(worker_index)` is called for a worker that died (after Ray restarted it) or answered
-        with older weights; its shard is then issued again.
+        with weights older than the request's; its shard is then issued again.
         """
-        shards = [range(a, b) for a, b in balanced_spans(len(samples), len(self.workers))]
+        samples, params, shards, pending = request.samples, request.params, request.shards, request.pending
         results: dict[int, list[Rollout]] = {}
         reissued = [0] * len(self.workers)
-        pending = {w: self._submit(w, samples, shards[w], params) for w in range(len(self.workers)) if shards[w]}
         while pending:
             ready, _ = ray.wait(list(pending.values()), num_returns=1)
             w = next(i for i, ref in pending.items() if ref == ready[0])
             try:
                 rollouts = ray.get(ready[0])
-                stale = {r.weights_version for r in rollouts} - {version}
+                stale = sorted({r.weights_version for r in rollouts if r.weights_version < request.version})
                 if not stale:
                     results[w] = rollouts
                     del pending[w]
                     continue
-                log.warning("rollout worker %d sampled with weights %s, not %d: updating it and re-issuing",
-                            w, sorted(stale), version)
+                self.stale_dropped += len(rollouts)
+                log.warning("rollout worker %d sampled with weights %s, older than %d: dropping its %d rollouts, "
+                            "updating it and re-issuing", w, stale, request.version, len(rollouts))
             except RayActorError as e:  # died (Ray restarts it) or unreachable
                 self.restarts += 1
                 log.warning("rollout worker %d failed (%s): waiting for its restart, then re-issuing its %d prompts",

@@ -1,12 +1,14 @@
-"""Where a GRPO step's time goes, on the tiny model (CPU here; the same code on GPUs).
+"""Where a GRPO step's time goes, synchronous (max_staleness 0) against asynchronous (max_staleness k ≥ 1).
 
-    python bench/bench_grpo.py [--steps 5] [--model PATH] [--config configs/grpo-tiny.yaml] [--set key=value …]
+    python bench/bench_grpo.py [--steps 5] [--staleness 0 1] [--model PATH] [--config configs/grpo-tiny.yaml]
+                               [--set key=value …]
 
-Runs a short GRPO job (the tiny model built on the demo data when --model is not given) and prints, per
-phase, the mean time of a step (the first step left out: warm-up) and its share of the step, then how much
-of a step each side waits for the other: the rollout engines are idle while rewards, reference, learner
-update and weight push run; the learners are idle during generation and reward scoring. The loop is
-synchronous (on-policy), so those waits are the price of exactness, and the target of any overlap.
+Runs a short GRPO job per staleness bound, each from the same starting model over the same prompts (the
+tiny model built on the demo data when --model is not given), and prints per run the mean of each phase of
+a step (the first step left out: warm-up), samples per second, and how much of a step each side waits:
+the learners are idle whenever they are not training (waiting for rollouts, rewards, the weight push); the
+rollout engines are idle whenever they have no batch to sample (each worker's own clock). Synchronous, the
+two sides take turns; with k ≥ 1 the engines sample the next batch while the learners train.
 """
 from __future__ import annotations
 
@@ -15,26 +17,37 @@ import os
 import statistics
 import tempfile
 
-PHASES = (("generate", "time_generate"), ("reward", "time_reward"), ("reference", "time_reference"),
-          ("learner update", "time_learn"), ("weight push", "time_push"), ("other", None))
+COLUMNS = (("step s", 8), ("samples/s", 11), ("speed-up", 10), ("wait gen", 10), ("reward", 8), ("learn", 8),
+           ("push", 7), ("learner idle", 14), ("engines idle", 14), ("staleness", 11))
 
 
-def table(history: list[dict]) -> str:
+def row(k: int, history: list[dict], baseline: float | None) -> list[str]:
     rows = history[1:] or history
-    step = statistics.fmean(m["time_step"] for m in rows)
-    lines = [f"{'phase':<16}{'mean s':>9}{'share':>8}", "-" * 33]
-    accounted = 0.0
-    for name, key in PHASES:
-        value = statistics.fmean(m[key] for m in rows) if key else step - accounted
-        accounted += value if key else 0.0
-        lines.append(f"{name:<16}{value:>9.2f}{value / step:>8.1%}")
-    lines.append(f"{'step':<16}{step:>9.2f}{1:>8.1%}")
-    engines_idle = statistics.fmean((m["time_step"] - m["time_generate"]) / m["time_step"] for m in rows)
-    learners_idle = statistics.fmean((m["time_generate"] + m["time_reward"] + m["time_sample"]) / m["time_step"]
-                                     for m in rows)
-    lines += ["", f"rollout engines wait for the learners: {engines_idle:.1%} of a step",
-              f"learners wait for the rollout engines and rewards: {learners_idle:.1%} of a step",
-              f"steps measured: {len(rows)} (of {len(history)}); rollouts per step: {history[0]['rollouts']}"]
+
+    def mean(key: str) -> float:
+        return statistics.fmean(m[key] for m in rows)
+
+    step = mean("time_step")
+    learner_idle = statistics.fmean(1 - m["time_learn"] / m["time_step"] for m in rows)
+    engines_idle = statistics.fmean(1 - m["time_engines_busy"] / m["time_step"] for m in rows)
+    behind = [int(v) for m in rows for v, n in m["staleness"].items() for _ in range(n)]
+    return [f"{step:.2f}", f"{rows[0]['rollouts'] / step:.2f}",
+            "1.00×" if baseline is None else f"{baseline / step:.2f}×", f"{mean('time_generate'):.2f}",
+            f"{mean('time_reward'):.2f}", f"{mean('time_learn'):.2f}", f"{mean('time_push'):.2f}",
+            f"{learner_idle:.1%}", f"{engines_idle:.1%}", f"{statistics.fmean(behind):.2f}"]
+
+
+def table(runs: dict[int, list[dict]]) -> str:
+    header = f"{'k':<4}" + "".join(f"{name:>{width}}" for name, width in COLUMNS)
+    lines = [header, "-" * len(header)]
+    baseline = None
+    for k, history in runs.items():
+        cells = row(k, history, baseline)
+        baseline = baseline or statistics.fmean(m["time_step"] for m in history[1:] or history)
+        lines.append(f"{k:<4}" + "".join(f"{c:>{w}}" for c, (_, w) in zip(cells, COLUMNS)))
+    first = next(iter(runs.values()))
+    lines.append(f"steps measured: {len(first) - 1 or 1} (of {len(first)}); rollouts per step: {first[0]['rollouts']}; "
+                 "times in seconds, means per step")
     return "\n".join(lines)
 
 
@@ -43,6 +56,7 @@ def main() -> None:
     parser.add_argument("--config", default="configs/grpo-tiny.yaml")
     parser.add_argument("--model", help="a Hugging Face model folder (default: the untrained tiny model)")
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--staleness", type=int, nargs="+", default=[0, 1], help="max_staleness of each run")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -54,26 +68,29 @@ def main() -> None:
     from reasonrank.data.demo import ensure_demo_dataset
     from reasonrank.tiny_model import ensure_tiny_model
 
+    runs: dict[int, list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-grpo-") as tmp:
         demo = ensure_demo_dataset(os.path.join(tmp, "demo"))
         model = args.model or str(ensure_tiny_model(os.path.join(tmp, "tiny"), demo.texts()))
-        overrides = {"model": model, "data.demo_dir": str(demo.root), "steps": args.steps,
-                     "output_dir": os.path.join(tmp, "out"), "checkpoint_every": 10_000, "eval.every": 0,
-                     "eval.num_prompts": 4, "eval.samples": 2,  # the evaluations are not part of a step
-                     "export": False, **parse_overrides(args.overrides)}
-        cfg = load_config(args.config, GRPOConfig, overrides)
-        init_ray(cfg.ray_num_cpus)
-        trainer = GRPOTrainer(cfg)
-        try:
-            for _ in range(cfg.steps):
-                trainer.train_step()
-        finally:
-            trainer.close()
+        for k in args.staleness:
+            overrides = {"model": model, "data.demo_dir": str(demo.root), "steps": args.steps,
+                         "output_dir": os.path.join(tmp, f"out-k{k}"), "checkpoint_every": 10_000, "eval.every": 0,
+                         "eval.num_prompts": 4, "eval.samples": 2,  # the evaluations are not part of a step
+                         "export": False, **parse_overrides(args.overrides), "algorithm.max_staleness": k}
+            cfg = load_config(args.config, GRPOConfig, overrides)
+            init_ray(cfg.ray_num_cpus)
+            trainer = GRPOTrainer(cfg)
+            try:
+                for _ in range(cfg.steps):
+                    trainer.train_step()
+            finally:
+                trainer.close()
+            runs[k] = trainer.history
     a = cfg.algorithm
     print(f"\nGRPO step time on {os.path.basename(model.rstrip('/'))}: {a.prompts_per_step} prompts × {a.group_size} "
           f"responses, {cfg.learner.replicas} learner(s) ZeRO-{cfg.learner.deepspeed.zero_stage}, "
-          f"{cfg.rollout.replicas} rollout engine(s), weight sync {cfg.weight_sync}")
-    print(table(trainer.history))
+          f"{cfg.rollout.replicas} rollout engine(s), weight sync {cfg.weight_sync}; k = algorithm.max_staleness")
+    print(table(runs))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     python -m jobs.grpo --config configs/grpo-tiny.yaml [--set steps=20]      (or `reasonrank grpo …`)
 
-Per step (on-policy, synchronous):
+Per step (`algorithm.max_staleness` = 0: on-policy, synchronous):
     1. the sampler takes `prompts_per_step` RL rows (a reshuffled pass per epoch, resumable cursor);
     2. rollout workers (vLLM) sample `group_size` responses per prompt with the current weights version;
     3. reward actors score each response (multi-view reward) — the reference actor, when there is one,
@@ -10,22 +10,44 @@ Per step (on-policy, synchronous):
     4. group-relative advantages; the learner group (DeepSpeed ZeRO) takes the clipped-loss + KL steps;
     5. the new weights are pushed to every engine as version step + 1, before the next rollouts.
 
-Every `checkpoint_every` steps: learner state, optimizer, schedule, RNGs, step, data cursor and the metric
-history under `<output_dir>/checkpoints/step-N` (a local folder or a URI). A rerun with the same config
-resumes from the newest complete checkpoint: it loads it, pushes those weights to the engines FIRST, and
-continues with the rows it had not reached. Outputs: `metrics.jsonl` (one line per step: reward mean/std,
-well-formed share, window NDCG/Recall/RBO, KL, loss, clip share, step time split), `evals.jsonl`,
-`reward_curve.png`, `final/` (Hugging Face model) and `summary.json`.
+Asynchronous (`max_staleness` = k ≥ 1): the batch of step s + k is submitted to the engines when step s
+starts, with the weights they hold (version s), and is sampled while the learners train on batch s:
+
+    engines   │ gen s+k (v s) ···│ push │ gen s+k+1 (v s+1) ···│ push │
+    learners  │ score + train s ·│      │ score + train s+1 ···│      │
+
+Before each push the driver waits for the batches in flight, so every batch is sampled by one version
+(the engines also hold new requests and finish running ones around any load: `VLLMEngine`), batch s is
+always sampled by version s − k, and a seeded run reproduces. The loss is decoupled PPO: the ratio against
+the learner's recomputed log-probabilities, each token weighted by the truncated importance weight
+π_prox/π_behav (`algorithm.is_cap`; `reasonrank/rl/losses.py`). Logged per step in either mode:
+`staleness` (a histogram of versions behind, over the step's rollouts), `stale_dropped` (the share of
+rollouts that came back older than allowed and were sampled again), `time_engines_busy` (seconds the
+engines had a batch to sample); with k ≥ 1 also `is_weight_mean` (after truncation), `is_weight_max`
+(before it) and `is_truncated` (the share of tokens cut).
+
+Every `checkpoint_every` steps: learner state, optimizer, schedule, RNGs, step, data cursor, the batches
+already sampled for later steps and the metric history under `<output_dir>/checkpoints/step-N` (a local
+folder or a URI). A rerun with the same config resumes from the newest complete checkpoint: it loads it,
+pushes those weights to the engines FIRST, and continues with the rows it had not reached (asynchronous:
+trains on exactly what the uninterrupted run would have). Outputs: `metrics.jsonl` (one line per step:
+reward mean/std, well-formed share, window NDCG/Recall/RBO, KL, loss, clip share, step time split,
+`responses_sha256` of the sampled tokens for comparing reruns), `evals.jsonl` (with each evaluation
+prompt's mean reward), `reward_curve.png`, `final/` (Hugging Face model) and `summary.json`.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import os
 import statistics
 import time
 import warnings
-from typing import Any, Literal
+from collections import Counter, deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 import ray
 from pydantic import Field, model_validator
@@ -46,6 +68,9 @@ from reasonrank.rl.sampler import PromptSampler, step_seed
 from reasonrank.training.attention import AttentionBackend
 from reasonrank.training.config import DeepSpeedConfig, ModelConfig, OptimizerConfig
 
+if TYPE_CHECKING:
+    from actors.rollout_worker import RolloutRequest
+
 log = logging.getLogger("jobs.grpo")
 
 AdvantageName = Literal[tuple(ADVANTAGE_ESTIMATORS)]  # type: ignore[valid-type]
@@ -64,6 +89,8 @@ class AlgorithmConfig(Strict):
     kl_estimator: KLName = "k3"
     kl_coef: float = Field(0.001, ge=0.0)
     clip_eps: float = Field(0.2, gt=0.0)
+    max_staleness: int = Field(0, ge=0)  # k: a batch is sampled by weights k steps old (0: on-policy, in lockstep)
+    is_cap: float = Field(2.0, gt=0.0)  # truncation of the behaviour importance weight (max_staleness ≥ 1)
 
 
 class RolloutConfig(PromptConfig):
@@ -159,6 +186,10 @@ class GRPOConfig(Strict):
                 f"learner.replicas × learner.micro_batch_size × algorithm.updates_per_step = {per_update}")
         if "model" in self.rollout.engine.model_fields_set and self.rollout.engine.model != self.model:
             raise ValueError("rollout.engine.model: leave it out; the engines load `model` (the policy's start)")
+        if a.max_staleness and self.rollout.temperature != 1.0:
+            raise ValueError(f"algorithm.max_staleness={a.max_staleness} needs rollout.temperature 1.0, not "
+                             f"{self.rollout.temperature}: the importance weight divides by the engine's "
+                             f"log-probabilities, which vLLM reports before temperature")
         if self.rollout.engine.backend != "vllm":
             raise ValueError("rollout.engine.backend: rollouts need the vllm backend (weights pushed in place)")
         if self.learner.deepspeed.offload_params and self.weight_sync == "nccl":
@@ -264,7 +295,8 @@ class GRPOTrainer:
         per_rank = a.prompts_per_step * a.group_size // cfg.learner.replicas
         spec = LearnerSpec(
             model=cfg.learner_model(), deepspeed=cfg.learner.deepspeed, optimizer=cfg.learner.optimizer,
-            loss=GRPOLoss(a.clip_eps, a.kl_coef, a.kl_estimator, a.loss_aggregation),
+            loss=GRPOLoss(a.clip_eps, a.kl_coef, a.kl_estimator, a.loss_aggregation,
+                          is_cap=a.is_cap if a.max_staleness else None),
             micro_batch_size=cfg.learner.micro_batch_size,
             grad_accum=per_rank // (cfg.learner.micro_batch_size * a.updates_per_step),
             updates_per_step=a.updates_per_step, total_updates=cfg.steps * a.updates_per_step,
@@ -284,6 +316,7 @@ class GRPOTrainer:
         ray.get(self.rollouts.ready() + self.learners.ready())  # all start-ups overlap
         self.sync = build_weight_sync(cfg.weight_sync, self.learners, self.rollouts)
         self.step = 0
+        self.ahead: deque[Batch] = deque()  # batches of later steps, submitted or sampled (max_staleness ≥ 1)
         self.history: list[dict[str, Any]] = []
         self.evals: list[dict[str, Any]] = []
 
@@ -331,32 +364,57 @@ class GRPOTrainer:
     def train_step(self) -> dict[str, Any]:
         cfg, a = self.cfg, self.cfg.algorithm
         started = time.perf_counter()
-        samples = [self.rl_set[i] for i in self.sampler.next_indices(a.prompts_per_step)]
-        params = rollout_params(cfg, self.step)
+        busy_before = self.rollouts.busy_seconds()
+        dropped_before = self.rollouts.stale_dropped
+        batch = self.ahead.popleft() if self.ahead else self._submit(self.step)
+        while len(self.ahead) < a.max_staleness and self.step + len(self.ahead) + 1 < cfg.steps:
+            self.ahead.append(self._submit(self.step + len(self.ahead) + 1))  # sampled while this step trains
         t0 = time.perf_counter()
-        rollouts = self.rollouts.generate(samples, params, self.sync.version, self.sync.refresh)
+        rollouts = self._collect(batch)
         t1 = time.perf_counter()
         reference = self.reference.logprobs.remote(rollouts) if self.reference is not None else None
-        self._score(rollouts, samples)
+        self._score(rollouts, batch.samples)
         t2 = time.perf_counter()
         ref_logprobs = ray.get(reference) if reference is not None else None
         t3 = time.perf_counter()
-        advantages = grouped_advantages(rollouts, a.group_size, len(samples), ADVANTAGE_ESTIMATORS[a.advantage])
+        advantages = grouped_advantages(rollouts, a.group_size, len(batch.samples), ADVANTAGE_ESTIMATORS[a.advantage])
         for r, adv in zip(rollouts, advantages):
             r.advantage = adv
         learner_stats = self.learners.train_step(rollouts, ref_logprobs)
         t4 = time.perf_counter()
+        for later in self.ahead:  # nothing in flight across a push: each batch is sampled by one version
+            self._collect(later)
+        t5 = time.perf_counter()
         self.step += 1
         self.sync.push(self.step)
-        t5 = time.perf_counter()
-        metrics = {"step": self.step, "weights_version": rollouts[0].weights_version,
-                   "prompts": [s.id for s in samples], "rollouts": len(rollouts),
+        t6 = time.perf_counter()
+        busy = [after - before for before, after in zip(busy_before, self.rollouts.busy_seconds())]
+        dropped = self.rollouts.stale_dropped - dropped_before
+        staleness = Counter(batch.step - r.weights_version for r in rollouts)
+        metrics = {"step": self.step, "weights_version": min(r.weights_version for r in rollouts),
+                   "prompts": [s.id for s in batch.samples], "rollouts": len(rollouts),
+                   "responses_sha256": hashlib.sha256(json.dumps([r.response_ids for r in rollouts]).encode()).hexdigest(),
                    **_rollout_metrics(rollouts), **learner_stats,
-                   "time_sample": t0 - started, "time_generate": t1 - t0, "time_reward": t2 - t1,
-                   "time_reference": t3 - t2, "time_learn": t4 - t3, "time_push": t5 - t4,
-                   "time_step": t5 - started}
+                   "staleness": {str(k): staleness[k] for k in sorted(staleness)},
+                   "stale_dropped": dropped / (dropped + len(rollouts)),
+                   "time_sample": t0 - started, "time_generate": (t1 - t0) + (t5 - t4), "time_reward": t2 - t1,
+                   "time_reference": t3 - t2, "time_learn": t4 - t3, "time_push": t6 - t5,
+                   "time_step": t6 - started, "time_engines_busy": statistics.fmean(busy)}
         self.history.append(metrics)
         return metrics
+
+    def _submit(self, step: int) -> Batch:
+        """Draw step `step`'s rows and start sampling them with the weights the engines hold now."""
+        indices = self.sampler.next_indices(self.cfg.algorithm.prompts_per_step)
+        samples = [self.rl_set[i] for i in indices]
+        return Batch(step, indices, samples, request=self.rollouts.submit(
+            samples, rollout_params(self.cfg, step), self.sync.version))
+
+    def _collect(self, batch: Batch) -> list[Rollout]:
+        if batch.rollouts is None:
+            batch.rollouts = self.rollouts.collect(batch.request, self.sync.refresh)
+            batch.request = None
+        return batch.rollouts
 
     def _score(self, rollouts: list[Rollout], samples: list[RLSample]) -> None:
         breakdowns = self.rewards.score([r.text for r in rollouts], [samples[r.group] for r in rollouts])
@@ -365,14 +423,19 @@ class GRPOTrainer:
             r.reward_terms = {k: v for k, v in b.items() if k != "reward"}
 
     def evaluate(self) -> dict[str, Any]:
-        """Mean reward over the fixed evaluation set with the current weights (same seeds every time)."""
+        """Mean reward over the fixed evaluation set with the current weights (same seeds every time), and per
+        prompt (`prompt_rewards`: evaluations compare prompt by prompt)."""
         e = self.cfg.eval
         params = SamplingParams(temperature=e.temperature, top_p=self.cfg.rollout.top_p,
                                 max_new_tokens=self.cfg.rollout.max_new_tokens, n=e.samples, seed=e.seed,
                                 logprobs=True)
         rollouts = self.rollouts.generate(self.eval_set, params, self.sync.version, self.sync.refresh)
         self._score(rollouts, self.eval_set)
-        result = {"step": self.step, **_rollout_metrics(rollouts)}
+        per_prompt: dict[str, list[float]] = {}
+        for r in rollouts:
+            per_prompt.setdefault(r.sample_id, []).append(r.reward)
+        result = {"step": self.step, **_rollout_metrics(rollouts),
+                  "prompt_rewards": {p: statistics.fmean(v) for p, v in per_prompt.items()}}
         self.evals.append(result)
         log.info("eval at step %d: reward %.3f, well-formed %.0f%%, window NDCG@10 %.3f", self.step,
                  result["reward_mean"], 100 * result["well_formed"], result["ndcg"])
@@ -393,6 +456,9 @@ class GRPOTrainer:
         state = {"step": self.step, "sampler": self.sampler.state_dict(), "history": self.history,
                  "evals": self.evals}
         self.learners.save(path, state)
+        storage.write_jsonl_atomic(storage.join(path, "ahead.jsonl"), [
+            {"step": b.step, "indices": b.indices, "rollouts": [dataclasses.asdict(r) for r in self._collect(b)]}
+            for b in self.ahead])
         # Written last: a checkpoint folder without it is incomplete (the job died while saving).
         storage.write_text_atomic(storage.join(path, "trainer_state.json"), json.dumps(state))
         log.info("checkpoint at step %d: %s", self.step, path)
@@ -412,6 +478,9 @@ class GRPOTrainer:
         state = self.learners.load(path)
         self.sampler.load_state_dict(state["sampler"])
         self.step, self.history, self.evals = state["step"], state["history"], state["evals"]
+        self.ahead = deque(Batch(b["step"], b["indices"], [self.rl_set[i] for i in b["indices"]],
+                                 rollouts=[Rollout(**r) for r in b["rollouts"]])
+                           for b in storage.read_jsonl(storage.join(path, "ahead.jsonl")))
         self.sync.push(self.step)
         log.info("resumed from %s at step %d (data epoch %d, position %d); engines hold weights version %d",
                  path, self.step, self.sampler.epoch, self.sampler.position, self.sync.version)
@@ -442,6 +511,17 @@ class GRPOTrainer:
                 getattr(self, part).close()
         if getattr(self, "reference", None) is not None:
             ray.kill(self.reference)
+
+
+@dataclass
+class Batch:
+    """The rows of one step and their rollouts: in flight (`request`) until collected (`rollouts`)."""
+
+    step: int  # the step that trains on it (its sampling seeds are this step's)
+    indices: list[int]  # the rows' places in the RL set
+    samples: list[RLSample]
+    request: RolloutRequest | None = None  # while the engines sample it
+    rollouts: list[Rollout] | None = None
 
 
 def _complete_checkpoints(output_dir: str) -> list[int]:

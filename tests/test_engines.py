@@ -201,6 +201,50 @@ def test_vllm_weight_update_matches_a_fresh_engine(vllm_engine, other_checkpoint
     assert vllm_engine.weights_version == 2
 
 
+@pytest.mark.slow
+def test_vllm_weight_update_waits_for_running_samples_and_holds_new_ones(vllm_engine, other_checkpoint,
+                                                                         tiny_model_dir):
+    """A push while samples are being generated (asynchronous GRPO): the running samples finish under the
+    weights they started with and say so; a request arriving during the push waits and runs on the new ones."""
+    import threading
+    import time
+
+    from transformers import AutoModelForCausalLM
+
+    long = dataclasses.replace(GREEDY, max_new_tokens=160, ignore_eos=True)
+    old_weights = _outputs(vllm_engine.generate(_batch(), long))
+    new_weights = AutoModelForCausalLM.from_pretrained(other_checkpoint).state_dict()
+    version = vllm_engine.weights_version
+    done: dict[str, tuple[float, list]] = {}
+
+    def run(name, fn):
+        result = fn()
+        done[name] = time.monotonic(), result
+
+    running = threading.Thread(target=run, args=("running", lambda: vllm_engine.generate(_batch(), long)))
+    running.start()
+    while vllm_engine.windows_in_flight() < len(_batch()):
+        time.sleep(0.005)
+    push = threading.Thread(target=run, args=("push", lambda: vllm_engine.update_weights(new_weights, version + 1)))
+    push.start()
+    while not vllm_engine.loading_weights:
+        time.sleep(0.005)
+    late = threading.Thread(target=run, args=("late", lambda: vllm_engine.generate(_batch()[:1], GREEDY)))
+    late.start()
+    for thread in (running, push, late):
+        thread.join(timeout=300)
+    try:
+        finished, generated = done["running"]
+        assert _outputs(generated) == old_weights  # every token from the old weights: nothing switched mid-sample
+        assert {g.extra["weights_version"] for g in generated} == {version}
+        assert finished <= done["push"][0] <= done["late"][0]
+        late_gen = done["late"][1]
+        assert late_gen[0].extra["weights_version"] == version + 1
+        assert _outputs(late_gen) == _outputs(vllm_engine.generate(_batch()[:1], GREEDY))  # the new weights'
+    finally:
+        vllm_engine.update_weights(tiny_model_dir, version + 2)
+
+
 @pytest.mark.gpu
 def test_nccl_broadcast_updates_a_cuda_engine(other_checkpoint, tiny_model_dir):
     """Learner rank 0 on cuda:1 broadcasts to the engine's worker on cuda:0 (needs two GPUs and vllm)."""

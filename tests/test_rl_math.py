@@ -1,4 +1,5 @@
-"""GRPO's math against hand-computed cases: advantage estimators, KL estimators, clipped loss, aggregations."""
+"""GRPO's math against hand-computed cases: advantage estimators, KL estimators, clipped loss, the
+truncated behaviour importance weight of decoupled PPO, aggregations."""
 from __future__ import annotations
 
 import math
@@ -9,7 +10,7 @@ import torch
 from reasonrank.rl.advantages import ADVANTAGE_ESTIMATORS, dr_grpo_advantages, grpo_advantages, rloo_advantages
 from reasonrank.rl.kl import KL_ESTIMATORS, kl_k1, kl_k2, kl_k3
 from reasonrank.rl.losses import (GRPOLoss, clipped_policy_loss, seq_mean_token_mean, seq_mean_token_sum,
-                                  token_mean)
+                                  token_mean, truncated_importance_weight)
 
 
 def close(a: torch.Tensor, b) -> None:
@@ -103,6 +104,37 @@ def test_grpo_loss_gradient_and_kl_term_on_policy():
     # k3's gradient wrt logprob is 1 - exp(-log_ratio): 1 - 1/2 on the first token, 0 elsewhere.
     expected_grad = torch.tensor([[-1.0 / 4 + 0.1 * 0.5 / 4, -1.0 / 4, -1.0 / 4], [2.0 / 4, 0.0, 0.0]])
     close(logprobs.grad, expected_grad)
+
+
+def test_truncated_importance_weight_by_hand():
+    proximal = torch.tensor([-1.0, 0.0, -2.0, -0.7])
+    behaviour = torch.tensor([-1.5, -2.0, -1.0, -0.7])
+    # pi_prox/pi_behav = e^0.5, e^2 (cut to the cap 2), e^-1, and 1 where the engine's weights are the learner's
+    close(truncated_importance_weight(proximal, behaviour, cap=2.0), [math.exp(0.5), 2.0, math.exp(-1.0), 1.0])
+
+
+def test_decoupled_loss_weights_each_token_by_its_truncated_behaviour_ratio():
+    """Off-policy (decoupled PPO): the clipped ratio is against the proximal policy (here the current weights,
+    so ratio 1), and each token's surrogate is scaled by min(pi_prox/pi_behav, cap), with no gradient
+    through the weight: d loss / d logprob_t = -w_t A_t / num_tokens."""
+    logprobs = torch.tensor([[-1.0, 0.0, -2.0], [-0.5, -9.0, -9.0]], requires_grad=True)
+    behaviour = torch.tensor([[-1.5, -2.0, -1.0], [-0.5, 0.0, 0.0]])  # the second row's pads say nothing
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    adv = torch.tensor([1.0, -2.0])
+    loss_fn = GRPOLoss(clip_eps=0.2, kl_coef=0.0, is_cap=2.0)
+    loss, stats = loss_fn(logprobs, logprobs.detach(), None, adv, mask, behaviour_logprobs=behaviour)
+    w = [math.exp(0.5), 2.0, math.exp(-1.0), 1.0]
+    expected = -(w[0] + w[1] + w[2] - 2.0 * w[3]) / 4
+    assert loss.item() == pytest.approx(expected) and stats["policy_loss"] == pytest.approx(expected)
+    assert stats["is_weight_mean"] == pytest.approx(sum(w) / 4)
+    assert stats["is_weight_max"] == pytest.approx(math.exp(2.0))  # before truncation: how far off-policy it got
+    assert stats["is_truncated"] == pytest.approx(1 / 4)
+    loss.backward()
+    close(logprobs.grad, [[-w[0] / 4, -w[1] / 4, -w[2] / 4], [2.0 * w[3] / 4, 0.0, 0.0]])
+    # on-policy (no cap) the same batch is the plain clipped loss, and the weight needs its log-probabilities
+    assert GRPOLoss(kl_coef=0.0)(logprobs, logprobs.detach(), None, adv, mask)[0].item() == pytest.approx(-(3 - 2) / 4)
+    with pytest.raises(ValueError, match="behaviour"):
+        loss_fn(logprobs, logprobs.detach(), None, adv, mask)
 
 
 def test_grpo_loss_rejects_unknown_choices():

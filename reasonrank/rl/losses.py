@@ -1,5 +1,7 @@
 """The GRPO policy loss: PPO's clipped surrogate (Schulman et al., 2017, "Proximal Policy Optimization
 Algorithms", eq. 7) per response token, plus a KL penalty to the reference model, aggregated over tokens.
+Off-policy (asynchronous GRPO: rollouts sampled by weights up to k versions old), each token's surrogate is
+weighted by the truncated behaviour importance weight of decoupled PPO (`truncated_importance_weight`).
 
 Aggregations (how per-token values of a batch of responses become one number; `mask` marks response tokens):
     token_mean           sum over all tokens / number of tokens — every token weighs the same (DAPO, Yu et al.,
@@ -60,14 +62,32 @@ def clipped_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, adva
     return torch.maximum(unclipped, clipped), (clipped > unclipped).float()
 
 
+def truncated_importance_weight(proximal_logprobs: torch.Tensor, behaviour_logprobs: torch.Tensor,
+                                cap: float) -> torch.Tensor:
+    """Per token min(pi_prox / pi_behav, cap): decoupled PPO's behaviour correction.
+
+    Decoupled PPO (Hilton, Cobbe and Schulman, 2022, "Batch size-invariance for policy optimization"; used for
+    stale rollouts by AReaL, Fu et al., 2025, "AReaL: A Large-Scale Asynchronous Reinforcement Learning System
+    for Language Reasoning", its decoupled PPO objective) separates two policies that on-policy PPO equates:
+    the behaviour policy that sampled the tokens (the engine's weights, k versions old; its log-probabilities
+    come with the rollout) and the proximal policy the clipped ratio is taken against (the learner's weights
+    before this update, recomputed). The clipped surrogate of pi_theta / pi_prox is then weighted by
+    pi_prox / pi_behav, truncated at `cap` as IMPALA's V-trace truncates its rho (Espeholt et al., 2018) so
+    that a token the old weights sampled unluckily cannot dominate an update. No gradient flows through it.
+    """
+    return torch.exp(proximal_logprobs - behaviour_logprobs).clamp(max=cap).detach()
+
+
 @dataclass(frozen=True)
 class GRPOLoss:
-    """The whole per-batch objective: aggregate(policy loss) + kl_coef · aggregate(KL estimate)."""
+    """The whole per-batch objective: aggregate(w · policy loss) + kl_coef · aggregate(KL estimate), where w is
+    the truncated behaviour importance weight when `is_cap` is set (off-policy rollouts) and 1 otherwise."""
 
     clip_eps: float = 0.2
     kl_coef: float = 0.001
     kl_estimator: str = "k3"
     aggregation: str = "token_mean"
+    is_cap: float | None = None  # truncation of the behaviour importance weight; None: on-policy, no weight
 
     def __post_init__(self):
         if self.kl_estimator not in KL_ESTIMATORS:
@@ -76,10 +96,12 @@ class GRPOLoss:
             raise ValueError(f"unknown loss aggregation {self.aggregation!r}; choose from {sorted(AGGREGATIONS)}")
 
     def __call__(self, logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor | None,
-                 advantages: torch.Tensor, mask: torch.Tensor, tokens: float | None = None
-                 ) -> tuple[torch.Tensor, dict[str, float]]:
+                 advantages: torch.Tensor, mask: torch.Tensor, tokens: float | None = None,
+                 behaviour_logprobs: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """(loss, stats) for token tensors shaped (batch, response_len); `advantages` shaped (batch,) or like them.
 
+        `old_logprobs` are the proximal policy's (the learner's weights before this update); with `is_cap` set,
+        `behaviour_logprobs` are those of the weights that sampled the tokens (the engine's).
         `tokens`: token_mean's denominator when this batch is one micro-batch of a larger update (the update's
         response tokens over the micro-batches they are averaged over, see the learner); None: this batch's own.
         """
@@ -90,9 +112,19 @@ class GRPOLoss:
         if self.aggregation == "token_mean" and tokens is not None:
             aggregate = partial(token_sum_over, tokens=tokens)
         per_token, was_clipped = clipped_policy_loss(logprobs, old_logprobs, advantages, self.clip_eps)
+        stats = {"clip_fraction": token_mean(was_clipped, mask).item()}
+        if self.is_cap is not None:
+            if behaviour_logprobs is None:
+                raise ValueError("GRPOLoss with is_cap needs the behaviour (engine) log-probabilities")
+            raw = torch.exp(old_logprobs - behaviour_logprobs).detach()
+            weight = truncated_importance_weight(old_logprobs, behaviour_logprobs, self.is_cap)
+            per_token = weight * per_token
+            stats |= {"is_weight_mean": token_mean(weight, mask).item(),
+                      "is_weight_max": (raw * mask).max().item(),
+                      "is_truncated": token_mean((raw > self.is_cap).to(mask.dtype), mask).item()}
         policy_loss = aggregate(per_token, mask)
         loss = policy_loss
-        stats = {"policy_loss": policy_loss.item(), "clip_fraction": token_mean(was_clipped, mask).item()}
+        stats["policy_loss"] = policy_loss.item()
         if ref_logprobs is not None:
             kl = aggregate(KL_ESTIMATORS[self.kl_estimator](logprobs, ref_logprobs), mask)
             loss = loss + self.kl_coef * kl
