@@ -21,7 +21,9 @@ COLUMNS = (("step s", 8), ("samples/s", 11), ("speed-up", 10), ("wait gen", 10),
            ("push", 7), ("learner idle", 14), ("engines idle", 14), ("staleness", 11))
 
 
-def row(k: int, history: list[dict], baseline: float | None) -> list[str]:
+def row(history: list[dict], baseline: float | None) -> tuple[list[str], float]:
+    """The table's cells for one run (its speed-up against a step of `baseline` seconds; None: this run is the
+    baseline), and its mean step time."""
     rows = history[1:] or history
 
     def mean(key: str) -> float:
@@ -30,11 +32,11 @@ def row(k: int, history: list[dict], baseline: float | None) -> list[str]:
     step = mean("time_step")
     learner_idle = statistics.fmean(1 - m["time_learn"] / m["time_step"] for m in rows)
     engines_idle = statistics.fmean(1 - m["time_engines_busy"] / m["time_step"] for m in rows)
-    behind = [int(v) for m in rows for v, n in m["staleness"].items() for _ in range(n)]
-    return [f"{step:.2f}", f"{rows[0]['rollouts'] / step:.2f}",
-            "1.00×" if baseline is None else f"{baseline / step:.2f}×", f"{mean('time_generate'):.2f}",
-            f"{mean('time_reward'):.2f}", f"{mean('time_learn'):.2f}", f"{mean('time_push'):.2f}",
-            f"{learner_idle:.1%}", f"{engines_idle:.1%}", f"{statistics.fmean(behind):.2f}"]
+    behind = sum(int(v) * n for m in rows for v, n in m["staleness"].items()) / sum(m["rollouts"] for m in rows)
+    cells = [f"{step:.2f}", f"{rows[0]['rollouts'] / step:.2f}", f"{(baseline or step) / step:.2f}×",
+             f"{mean('time_generate'):.2f}", f"{mean('time_reward'):.2f}", f"{mean('time_learn'):.2f}",
+             f"{mean('time_push'):.2f}", f"{learner_idle:.1%}", f"{engines_idle:.1%}", f"{behind:.2f}"]
+    return cells, step
 
 
 def table(runs: dict[int, list[dict]]) -> str:
@@ -42,8 +44,8 @@ def table(runs: dict[int, list[dict]]) -> str:
     lines = [header, "-" * len(header)]
     baseline = None
     for k, history in runs.items():
-        cells = row(k, history, baseline)
-        baseline = baseline or statistics.fmean(m["time_step"] for m in history[1:] or history)
+        cells, step = row(history, baseline)
+        baseline = baseline or step
         lines.append(f"{k:<4}" + "".join(f"{c:>{w}}" for c, (_, w) in zip(cells, COLUMNS)))
     first = next(iter(runs.values()))
     lines.append(f"steps measured: {len(first) - 1 or 1} (of {len(first)}); rollouts per step: {first[0]['rollouts']}; "
