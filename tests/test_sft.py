@@ -111,6 +111,31 @@ def test_batch_tokenizer_flags_overlong_samples_and_names_missing_columns(tiny_m
         tokenize_chat_batch(pa.table({"id": ["a"]}), str(tiny_model_dir), 200)
 
 
+def test_a_collated_batch_gives_each_sequences_own_loss(tiny_model_dir):
+    """`collate` leaves out the attention mask and the logits before the first target: the batch's loss must
+    still be the token-weighted mean of each sequence's loss computed alone, unpadded, over all its logits.
+    Lengths and the first targets differ, so padding and the cut both matter."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from reasonrank.training.chat_tokenize import IGNORE_INDEX, collate
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    g = torch.Generator().manual_seed(0)
+    seqs = [torch.randint(10, 4000, (n,), generator=g).tolist() for n in (50, 63, 41)]
+    masks = [[0] * 30 + [1] * 20, [0] * 25 + [1] * 30 + [0] * 8, [0] * 35 + [1] * 6]
+    batch = collate(seqs, masks, pad_id=0)
+    with torch.no_grad():
+        batched = model(**batch).loss
+        total = 0.0
+        for seq, mask in zip(seqs, masks):
+            ids = torch.tensor([seq])
+            labels = torch.where(torch.tensor([mask]).bool(), ids, IGNORE_INDEX)
+            total += model(input_ids=ids, labels=labels).loss * sum(mask)  # its mean over its targets
+    assert batched.item() == pytest.approx(total.item() / sum(sum(m) for m in masks), rel=1e-5)
+    assert "attention_mask" not in batch and batch["logits_to_keep"] == 63 - 24 == batch["labels"].shape[1]
+
+
 # --- configs ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["sft-tiny.yaml", "sft-qwen2.5-7b.yaml", "sft-qwen2.5-32b-lora.yaml"])

@@ -81,9 +81,10 @@ def _one_step(engine: Any, micro_batches: list[MicroBatch], pad_id: int, device:
     losses, tokens, trained = [], 0, 0
     for mb in micro_batches:
         cpu_batch = collate(mb.input_ids, mb.loss_mask, pad_id)
-        tokens += int(cpu_batch["attention_mask"].sum())  # counted before the copy: no device sync for them
-        trained += int((cpu_batch["labels"] != -100).sum())
-        loss = engine(**{k: v.to(device) for k, v in cpu_batch.items()}).loss  # mean over its trained tokens
+        tokens += sum(len(ids) for ids in mb.input_ids)
+        trained += sum(sum(mask) for mask in mb.loss_mask)
+        on_device = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in cpu_batch.items()}
+        loss = engine(**on_device).loss  # mean over its trained tokens
         engine.backward(loss)
         engine.step()  # DeepSpeed steps the optimizer only at the accumulation boundary
         losses.append(loss.item())
