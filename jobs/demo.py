@@ -44,7 +44,8 @@ class DemoConfig(Strict):
     evaluate_config: str = "configs/evaluate-tiny.yaml"
     stages: list[Stage] = ["synthesize", "sft", "grpo"]
     # over the synthesized set (configs/sft-tiny.yaml: 1, over its own); 2 left the tiny model answering in format
-    # in 18% of windows (it had not learnt to quote passage [k] yet), 6 in 96%, at 1.5 times the time of 4
+    # in 18% of windows (it had not learnt to quote passage [k] yet), 4 in 62% or 93% (two runs differing only in
+    # float rounding), 6 in 96%, at 1.5 times the time of 4
     sft_epochs: int | None = Field(4, ge=1)
     # GRPO's held-out reward evaluated before the first step and after the last only (configs/grpo-tiny.yaml: every
     # 8 steps too, for the README's curves); the steps and everything they train on stay as configured
