@@ -136,6 +136,43 @@ def test_a_collated_batch_gives_each_sequences_own_loss(tiny_model_dir):
     assert "attention_mask" not in batch and batch["logits_to_keep"] == 63 - 24 == batch["labels"].shape[1]
 
 
+def test_a_step_counts_every_trained_token(tiny_model_dir):
+    """The step record's `trained_tokens` counts the loss mask's ones as the data path hands them over (int8
+    rows): more than an int8 or uint8 sum could hold."""
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from jobs.sft import _ragged
+    from reasonrank.training.sft_loop import MicroBatch, _one_step
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+
+    class Engine:  # the DeepSpeed engine's surface the step uses, over the plain model
+        device = torch.device("cpu")
+
+        def get_lr(self):
+            return [1e-5]
+
+        def __call__(self, **batch):
+            return model(**batch)
+
+        def backward(self, loss):
+            pass
+
+        def step(self):
+            pass
+
+    lengths, targets = (400, 330), (300, 250)
+    column = pa.chunked_array([pa.array([[0] * (n - t) + [1] * t for n, t in zip(lengths, targets)],
+                                        type=pa.list_(pa.int8()))])
+    masks = _ragged(column)
+    ids = [np.arange(10, 10 + n) for n in lengths]
+    record = _one_step(Engine(), [MicroBatch(["a", "b"], ids, masks)], pad_id=0, device=Engine.device,
+                       epoch=0, step=1)
+    assert record["trained_tokens"] == 550 and record["tokens"] == 730
+
+
 # --- configs ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["sft-tiny.yaml", "sft-qwen2.5-7b.yaml", "sft-qwen2.5-32b-lora.yaml"])

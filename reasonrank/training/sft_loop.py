@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -22,8 +23,8 @@ from reasonrank.training.chat_tokenize import collate
 @dataclass(frozen=True)
 class MicroBatch:
     ids: list[str]  # sample ids, for the data-order record
-    input_ids: list[list[int]]
-    loss_mask: list[list[int]]
+    input_ids: list[np.ndarray]
+    loss_mask: list[np.ndarray]  # int8 rows, as the tokenized Parquet column holds them
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ def _one_step(engine: Any, micro_batches: list[MicroBatch], pad_id: int, device:
     for mb in micro_batches:
         cpu_batch = collate(mb.input_ids, mb.loss_mask, pad_id)
         tokens += sum(len(ids) for ids in mb.input_ids)
-        trained += sum(sum(mask) for mask in mb.loss_mask)
+        trained += sum(int(np.count_nonzero(mask)) for mask in mb.loss_mask)  # int8 rows: a plain sum wraps
         on_device = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in cpu_batch.items()}
         loss = engine(**on_device).loss  # mean over its trained tokens
         engine.backward(loss)
