@@ -35,9 +35,9 @@ def _run_job(module: str, config: Path, overrides: list[str] | None) -> None:
 def demo(config: Annotated[Optional[Path], typer.Option("--config", "-c", exists=True, dir_okay=False,
                                                         help="pipeline config (default: the demo)")] = None,
          set_: SetOpt = None) -> None:
-    """The demo pipeline: synthesize → SFT → evaluate SFT against BM25 (a first table) → GRPO → evaluate GRPO →
-    the table of all; one progress line per stage on the console, the logs in a file (`--set quiet=false`: all
-    here)."""
+    """The demo pipeline: synthesize → SFT, paused after two of its three epochs to evaluate that model against
+    BM25 (a first table) → the rest of SFT → evaluate SFT → GRPO → evaluate GRPO → the table of all; one progress
+    line per stage on the console, the logs in a file (`--set quiet=false`: all here)."""
     from jobs import demo as demo_job
 
     configure_logging()

@@ -64,7 +64,7 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
     progress.status("tokenizing the SFT set")
     dataset, kept, pad_id = _tokenized_dataset(cfg)
     plan = _plan(cfg, kept)
-    progress.set_total(plan.total_steps)
+    progress.set_total(plan.last_step)
     progress.status("starting the Ray Train workers")
     log.info("SFT: %d samples, %d workers, %d steps (%d per epoch); checkpoints in %s", kept,
              cfg.scaling.num_workers, plan.total_steps, plan.steps_per_epoch, run_dir)
@@ -89,14 +89,20 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
     )
     with progress, relay:
         result = trainer.fit()
-        save_prompt(storage.join(cfg.output_dir, "final"), cfg.data.trained_prompt())
+        model = exported_model(cfg, plan)
+        if not storage.exists(storage.join(model, "config.json")):  # only a pause an earlier run had passed
+            raise RuntimeError(f"no model at {model}: the run's checkpoint is past the pause at step "
+                               f"{plan.last_step}; start a new run (storage.name) to export one there")
+        save_prompt(model, cfg.data.trained_prompt())
         return _summary(cfg, plan, kept, run_dir, result)
 
 
 def results_fingerprint(cfg: SFTConfig) -> dict[str, Any]:
-    """What the checkpoints in the run folder depend on (not where they are kept, nor how often)."""
+    """What the checkpoints in the run folder depend on (not where they are kept, how often, nor where a run
+    pauses)."""
     return fingerprint.fingerprint(cfg, ignore=(
         "storage.*", "tracking.*", "build_tiny_model", "train.checkpoint_every", "train.keep_checkpoints",
+        "train.pause_after_epochs",
         "train.report_every", "scaling.resources_per_worker.*", "scaling.placement_strategy", "scaling.max_failures",
         "data.tokenize_batch_rows", "model.gradient_checkpointing", "deepspeed.offload_*"))
 
@@ -181,8 +187,14 @@ def _plan(cfg: SFTConfig, samples: int) -> TrainPlan:
     if steps_per_epoch < 1:
         raise ValueError(f"{samples} samples over {cfg.scaling.num_workers} workers cannot fill one step of "
                          f"{per_step} samples per worker (train.micro_batch_size × train.grad_accum)")
+    pause = cfg.train.pause_after_epochs
     return TrainPlan(cfg.train.max_steps or cfg.train.epochs * steps_per_epoch, steps_per_epoch,
-                     cfg.train.grad_accum)
+                     cfg.train.grad_accum, pause * steps_per_epoch if pause else None)
+
+
+def exported_model(cfg: SFTConfig, plan: TrainPlan) -> str:
+    """Where the run exports its model: `final`, or `epoch-N` for a run that pauses after N epochs."""
+    return storage.join(cfg.output_dir, f"epoch-{cfg.train.pause_after_epochs}" if plan.pauses else "final")
 
 
 # --- the worker ----------------------------------------------------------------------------------------
@@ -271,7 +283,7 @@ def train_loop_per_worker(job: dict[str, Any]) -> None:
             attempt.append(record)
             if tensorboard:
                 tensorboard.log(record)
-        if state.step % cfg.train.checkpoint_every == 0 or state.step == plan.total_steps:
+        if state.step % cfg.train.checkpoint_every == 0 or state.step == plan.last_step:
             if attempt:
                 attempt.flush()
             _report_checkpoint(engine, state, metrics, cfg.storage.staging_dir)
@@ -279,12 +291,16 @@ def train_loop_per_worker(job: dict[str, Any]) -> None:
             ray.train.report(metrics)
     if tensorboard:
         tensorboard.close()
+    if resumed_from > plan.last_step:  # a pause an earlier run had already passed: its export stands
+        log.warning("the checkpoint is at step %d, past the pause at step %d: %s is left as it is", resumed_from,
+                    plan.last_step, exported_model(cfg, plan))
+        return
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.path) if rank == 0 else None
-    export_hf(engine, tokenizer, storage.join(cfg.output_dir, "final"),
-              lora_base_path=cfg.model.path if cfg.model.lora else None)
+    exported = exported_model(cfg, plan)
+    export_hf(engine, tokenizer, exported, lora_base_path=cfg.model.path if cfg.model.lora else None)
     if rank == 0:
         storage.write_jsonl_atomic(storage.join(cfg.output_dir, "history.jsonl"), state.history)
-        log.info("exported the model to %s", storage.join(cfg.output_dir, "final"))
+        log.info("exported the model to %s", exported)
 
 
 def _report_checkpoint(engine: Any, state: TrainState, metrics: dict[str, Any], staging_dir: str | None) -> None:
@@ -314,9 +330,10 @@ def _summary(cfg: SFTConfig, plan: TrainPlan, samples: int, run_dir: str, result
                    f"SFT loss · {os.path.basename(cfg.model.path.rstrip('/'))}")
     last = (result.metrics or {}) if result is not None else {}
     summary = {
-        "model": storage.join(cfg.output_dir, "final"),
+        "model": exported_model(cfg, plan),
         "steps": len(history),
         "planned_steps": plan.total_steps,
+        "paused_at_step": plan.last_step if plan.pauses else None,
         "steps_per_epoch": plan.steps_per_epoch,
         "samples": samples,
         "first_loss": history[0]["loss"] if history else None,

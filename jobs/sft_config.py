@@ -40,6 +40,9 @@ class LoopConfig(Strict):
     grad_accum: int = Field(1, ge=1)
     epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1)  # optimizer steps; default: as many as `epochs` allow
+    # stop after this many epochs, checkpointed, with the model exported to `output_dir`/epoch-N (a look at the
+    # model half-way); the same job run again without it continues the same schedule from that checkpoint
+    pause_after_epochs: int | None = Field(None, ge=1)
     checkpoint_every: int = Field(100, ge=1)  # optimizer steps; the last step is always checkpointed
     keep_checkpoints: int = Field(2, ge=1)
     report_every: int = Field(1, ge=1)  # metrics to Ray Train (a cross-worker barrier) every N steps

@@ -187,8 +187,7 @@ def _label(cfg: SynthesizeConfig, engine: EngineConfig, todo: list[LabelItem], l
     # One batch per block, and enough batches running in each actor at once that its request slots stay busy.
     # A batch returns when its slowest request does (a retry after a timeout or a 429, or a long reasoning),
     # several times a typical request's time, so each actor holds eight times the items it has slots for:
-    # with twice, the demo's labelling (5% faults) kept the slots busy a fifth of the time and took 88 s, 30 s
-    # with eight.
+    # with twice, the demo's labelling (5% of calls faulting) took 88 s, with eight 30 s.
     batches_per_labeler = 8 * math.ceil(per_labeler.max_concurrency / cfg.batch_size)
     rows = [item.to_row() for item in todo]
     results = ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / cfg.batch_size)).map_batches(

@@ -239,3 +239,42 @@ def _kill_leftovers(ray_tmp: str) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def test_a_paused_run_exports_that_epochs_model_and_a_rerun_continues_its_schedule(tmp_path, sft_set,
+                                                                                    tiny_model_dir):
+    """`train.pause_after_epochs=1`: the run stops at the end of the first epoch, checkpointed, with that
+    model exported to `epoch-1` and the learning rate where the whole run's schedule has it; the same job
+    without the pause continues from that checkpoint (not from scratch) and leaves the epoch-1 model alone."""
+    import hashlib
+
+    ray_tmp = tempfile.mkdtemp(prefix="rr-job-")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": ray_tmp}
+    out = tmp_path / "sft"
+    try:
+        for i, pause in enumerate(({"train.pause_after_epochs": "1"}, {})):
+            with (tmp_path / f"job-{i}.log").open("w") as log:
+                job = subprocess.run(_job(sft_set, tiny_model_dir, tmp_path, **pause), cwd=REPO, env=env,
+                                     stdout=log, stderr=subprocess.STDOUT, timeout=600)
+            assert job.returncode == 0, (tmp_path / f"job-{i}.log").read_text()[-4000:]
+            if pause:
+                paused = json.loads((out / "summary.json").read_text())
+                epoch_one = hashlib.sha256((out / "epoch-1" / "model.safetensors").read_bytes()).hexdigest()
+                history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+                assert not (out / "final").exists()
+    finally:
+        _kill_leftovers(ray_tmp)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert paused["paused_at_step"] == paused["steps"] == STEPS_PER_EPOCH
+    assert paused["planned_steps"] == STEPS_PER_EPOCH * EPOCHS and paused["model"] == str(out / "epoch-1")
+    lrs = [r["lr"] for r in history]  # half-way through the whole run's cosine, not at the end of a short one
+    assert lrs[-1] > 0.3 * max(lrs)
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["paused_at_step"] is None and summary["model"] == str(out / "final")
+    assert summary["steps"] == STEPS_PER_EPOCH * EPOCHS and summary["resumed_from_step"] == STEPS_PER_EPOCH
+    first, second = _attempts(tmp_path)
+    assert [r["step"] for r in first] == list(range(1, STEPS_PER_EPOCH + 1))
+    assert [r["step"] for r in second] == list(range(STEPS_PER_EPOCH + 1, STEPS_PER_EPOCH * EPOCHS + 1))
+    assert hashlib.sha256((out / "epoch-1" / "model.safetensors").read_bytes()).hexdigest() == epoch_one
+    assert (out / "final" / "model.safetensors").read_bytes() != (out / "epoch-1" / "model.safetensors").read_bytes()

@@ -29,13 +29,23 @@ class MicroBatch:
 
 @dataclass(frozen=True)
 class TrainPlan:
-    total_steps: int  # optimizer steps
+    total_steps: int  # optimizer steps: the schedule's length
     steps_per_epoch: int
     grad_accum: int  # micro-batches per optimizer step (per rank)
+    pause_at_step: int | None = None  # this run stops here; a later run continues the same schedule
 
     def __post_init__(self):
         if min(self.total_steps, self.steps_per_epoch, self.grad_accum) < 1:
             raise ValueError(f"a plan needs at least one step, epoch step and micro-batch: {self}")
+
+    @property
+    def last_step(self) -> int:
+        """The step this run ends at."""
+        return min(self.total_steps, self.pause_at_step or self.total_steps)
+
+    @property
+    def pauses(self) -> bool:
+        return self.last_step < self.total_steps
 
 
 @dataclass
@@ -99,13 +109,13 @@ def _one_step(engine: Any, micro_batches: list[MicroBatch], pad_id: int, device:
 
 def sft_steps(engine: Any, plan: TrainPlan, state: TrainState,
               epoch_batches: Callable[[int], Iterator[MicroBatch]], pad_id: int) -> Iterator[dict[str, Any]]:
-    """Train from `state` up to `plan.total_steps`, updating `state` and yielding each step's record."""
+    """Train from `state` up to `plan.last_step`, updating `state` and yielding each step's record."""
     device = engine.device
-    while state.step < plan.total_steps:
+    while state.step < plan.last_step:
         batches = iter(epoch_batches(state.epoch))
         for _ in range(state.step_in_epoch * plan.grad_accum):  # already trained before a resume
             next(batches)
-        while state.step_in_epoch < plan.steps_per_epoch and state.step < plan.total_steps:
+        while state.step_in_epoch < plan.steps_per_epoch and state.step < plan.last_step:
             micro = [next(batches) for _ in range(plan.grad_accum)]
             record = _one_step(engine, micro, pad_id, device, state.epoch, state.step + 1)
             state.step += 1
