@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import yaml
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _difference(baseline: float, system: float) -> dict:
@@ -51,7 +54,7 @@ def test_sft_pauses_for_a_first_table_and_grpo_starts_from_the_finished_sft_mode
     monkeypatch.setattr(grpo, "run", lambda c, o: calls.append(("grpo", o)) or {})
     monkeypatch.setattr(demo, "init_ray", lambda *a: None)
     evaluate_config = tmp_path / "evaluate.yaml"
-    with open("configs/evaluate-tiny.yaml") as f:
+    with open(REPO / "configs" / "evaluate-tiny.yaml") as f:
         cfg = yaml.safe_load(f)
     cfg["data"]["demo_dir"] = str(demo_data.root)
     evaluate_config.write_text(yaml.safe_dump(cfg))
