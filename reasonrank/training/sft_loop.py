@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -23,8 +23,8 @@ from reasonrank.training.chat_tokenize import collate
 @dataclass(frozen=True)
 class MicroBatch:
     ids: list[str]  # sample ids, for the data-order record
-    input_ids: list[np.ndarray]
-    loss_mask: list[np.ndarray]  # int8 rows, as the tokenized Parquet column holds them
+    input_ids: list[Sequence[int]]
+    loss_mask: list[Sequence[int]]  # from the data path: int8 numpy rows, as the tokenized Parquet column holds them
 
 
 @dataclass(frozen=True)
