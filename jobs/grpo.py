@@ -283,7 +283,7 @@ class GRPOTrainer:
             eval_data = cfg.data.model_copy(update={"split": cfg.eval.split})
             self.eval_set = load_rl_set(cfg.eval.rl_set, eval_data, cfg.rollout.window_size)[: cfg.eval.num_prompts]
         self.sampler = PromptSampler(len(self.rl_set), cfg.seed)
-        tokenizer = AutoTokenizer.from_pretrained(storage.local_dir(cfg.model))
+        tokenizer = AutoTokenizer.from_pretrained(storage.local_dir(cfg.model, only=storage.TOKENIZER_FILES))
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         log.info("RL set: %d prompts; eval set: %d prompts; %d steps of %d prompts × %d responses",
                  len(self.rl_set), len(self.eval_set), cfg.steps, a.prompts_per_step, a.group_size)

@@ -125,28 +125,63 @@ def version(path: str) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-def local_dir(path: str, cache_dir: str | None = None) -> str:
+# The environment variable naming where fetched copies go; the cluster manifests set it to each pod's data
+# volume, so that model folders do not fill the container's root filesystem.
+CACHE_DIR_ENV = "REASONRANK_CACHE_DIR"
+
+# What AutoTokenizer reads from a model folder: the tokenizer itself (tokenizer.json, tokenizer_config.json,
+# a sentencepiece or tiktoken model), its vocabulary and merges, added and special tokens, the chat template,
+# and config.json (its model type picks the tokenizer class: Qwen2Tokenizer, not a generic one). No weights.
+TOKENIZER_FILES = ("tokenizer*", "vocab*", "merges.txt", "added_tokens.json", "special_tokens_map.json",
+                   "chat_template*", "config.json", "*.model", "*.tiktoken")
+
+
+def cache_root() -> str:
+    """Where fetched folders are kept: $REASONRANK_CACHE_DIR when set, else ~/.cache/reasonrank."""
+    import os
+
+    return os.environ.get(CACHE_DIR_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "reasonrank")
+
+
+def local_dir(path: str, cache_dir: str | None = None, only: tuple[str, ...] | None = None) -> str:
     """A local folder holding what the folder `path` holds: `path` itself when local; otherwise a copy fetched
-    into `cache_dir` (default ~/.cache/reasonrank/fetched), keyed by the URI and the version of its files
-    (ETag / modification time and size), and reused while they stay the same: a model exported again to the
-    same URI is fetched again. For model folders in object storage that transformers and vLLM read from disk."""
+    into `cache_dir` (default: `cache_root()`/fetched), keyed by the URI and the version of its files (ETag /
+    modification time and size), and reused while they stay the same: a model exported again to the same URI
+    is fetched again. For model folders in object storage that transformers and vLLM read from disk.
+
+    `only`: file-name patterns (fnmatch, files at the top of the folder): fetch just those (a copy of its own).
+    Processes on one node that ask for the same folder at once fetch it once: the first, holding a file lock,
+    fetches into `<copy>.partial` and renames it into place; the others wait on the lock and reuse the copy.
+    A fetch that was interrupted (its process killed) leaves a `.partial` folder, never used: the next
+    fetch removes it and starts again."""
+    import fcntl
     import hashlib
     import os
     import shutil
-    import tempfile
+    from fnmatch import fnmatch
 
     if is_local(path):
         return path
-    cache = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "reasonrank", "fetched")
-    target = os.path.join(cache, hashlib.sha256(f"{path}\n{version(path)}".encode()).hexdigest()[:16])
-    if os.path.isdir(target):
+    cache = cache_dir or os.path.join(cache_root(), "fetched")
+    key = f"{path}\n{version(path)}" + (f"\n{sorted(only)}" if only is not None else "")
+    target = os.path.join(cache, hashlib.sha256(key.encode()).hexdigest()[:16])
+    if os.path.isdir(target):  # appears complete, by rename
         return target
     os.makedirs(cache, exist_ok=True)
-    staging = tempfile.mkdtemp(dir=cache)
-    fs, root = filesystem(path)
-    fs.get(root.rstrip("/") + "/", staging + "/", recursive=True)
-    try:
-        os.rename(staging, target)  # atomic: a concurrent fetch of the same folder keeps one copy
-    except OSError:
+    with open(target + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released by the kernel if this process dies
+        if os.path.isdir(target):  # fetched by another process while this one waited
+            return target
+        staging = target + ".partial"
         shutil.rmtree(staging, ignore_errors=True)
+        fs, root = filesystem(path)
+        root = root.rstrip("/")
+        names = [name.removeprefix(root + "/") for name in fs.find(root)]
+        if only is not None:
+            names = [n for n in names if "/" not in n and any(fnmatch(n, pattern) for pattern in only)]
+        local = [os.path.join(staging, *n.split("/")) for n in names]
+        for folder in {os.path.dirname(f) for f in local} | {staging}:
+            os.makedirs(folder, exist_ok=True)
+        fs.get([f"{root}/{n}" for n in names], local)
+        os.rename(staging, target)
     return target

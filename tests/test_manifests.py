@@ -212,6 +212,20 @@ def _env(pod: dict) -> dict[str, dict]:
     return {e["name"]: e for c in pod["spec"]["containers"] for e in c.get("env", [])}
 
 
+@pytest.mark.parametrize("path", MANIFEST_FILES, ids=lambda p: p.name)
+def test_every_pod_fetches_models_onto_its_disk_backed_data_volume(path):
+    """Fetched model folders (tens of GB) go to the `data` volume, not the container's root filesystem."""
+    from reasonrank.storage import CACHE_DIR_ENV
+
+    for pod in _pods(_cluster_spec(yaml.safe_load(path.read_text()))):
+        volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+        for container in pod["spec"]["containers"]:
+            cache = {e["name"]: e for e in container["env"]}[CACHE_DIR_ENV]["value"]
+            mounts = [m["name"] for m in container["volumeMounts"] if cache.startswith(m["mountPath"].rstrip("/") + "/")]
+            assert mounts == ["data"], f"{CACHE_DIR_ENV}={cache} is not on the data volume"
+            assert volumes["data"]["emptyDir"].get("medium") != "Memory"
+
+
 def test_teacher_key_reaches_the_synthesize_pods_only_from_a_secret():
     job = _committed("rayjob-synthesize-deepseek-r1.yaml")
     config = yaml.safe_load((REPO / _entrypoint(job)["config"]).read_text())
