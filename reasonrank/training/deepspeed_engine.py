@@ -37,6 +37,14 @@ def load_causal_lm(cfg: ModelConfig, ds_config: dict[str, Any]) -> LoadedModel:
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
     model = AutoModelForCausalLM.from_pretrained(cfg.path, **kwargs)
+    return LoadedModel(configure_for_training(model, cfg), keep_alive)
+
+
+def configure_for_training(model: torch.nn.Module, cfg: ModelConfig) -> torch.nn.Module:
+    """`model` set up as `cfg` trains it: in training mode, no KV cache, gradient checkpointing and LoRA adapters
+    if asked. from_pretrained hands models over in eval mode, where transformers skips gradient checkpointing:
+    a 23K-token SFT row would keep every layer's activations."""
+    model.train()
     model.config.use_cache = False  # no KV cache while training
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -49,7 +57,7 @@ def load_causal_lm(cfg: ModelConfig, ds_config: dict[str, Any]) -> LoadedModel:
         model = get_peft_model(model, PeftLoraConfig(
             r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
             target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM"))
-    return LoadedModel(model, keep_alive)
+    return model
 
 
 def build_deepspeed_engine(model: torch.nn.Module, ds_config: dict[str, Any], optim: OptimizerConfig,
