@@ -59,15 +59,16 @@ async def _clients(requests: list, c: int, rank_one) -> dict[str, float]:
 def bench_direct(config, requests, levels, label: str = "direct") -> dict[int, dict[str, float]]:
     from reasonrank.engines import build_engine
     from reasonrank.prompt import PassageTruncator
-    from reasonrank.strategies import arerank
+    from reasonrank.strategies import EngineWindows, drive
 
     engine = build_engine(config.engine)
     try:
         strategy, params = config.strategy.build(), config.sampling.params()
         truncate = PassageTruncator(engine.tokenizer, config.strategy.passage_max_tokens)
+        window = EngineWindows(engine, params, config.max_windows_in_flight)
 
         async def rank_one(request) -> None:
-            await arerank(engine, strategy, [request], params, truncate)
+            await drive(strategy, request, truncate, window)
 
         asyncio.run(rank_one(requests[0]))  # warm-up
         out = {}
