@@ -89,14 +89,15 @@ def _timed(fn):
 
 def compare(engine, strategy, requests, params, truncate) -> dict:
     from reasonrank.strategies import rank_requests
+    from reasonrank.types import Windows
 
     engine.reset_prefix_cache()
     rounds, rounds_s = _timed(lambda: lockstep(engine, strategy, requests, params, truncate))
     engine.reset_prefix_cache()
     continuous, continuous_s = _timed(lambda: rank_requests(engine, strategy, requests, params, truncate,
                                                      max_windows_in_flight=len(requests)))
-    windows = sum(len(r.windows) for r in continuous)
-    tokens = sum(w.completion_tokens for r in continuous for w in r.windows)
+    totals = Windows.of(continuous)
+    windows, tokens = totals.calls, totals.completion_tokens
     lengths = [[w.completion_tokens for w in r.windows] for r in continuous]
     return {
         "flat_step_speedup": _flat_step_speedup(lengths),

@@ -133,20 +133,22 @@ def ndcg10(rankings, qrels) -> dict[str, float]:
 
 def measure(engine, strategy, requests, qrels, params, truncate, latency_queries: int) -> dict:
     from reasonrank.strategies import EngineWindows
+    from reasonrank.types import Windows
 
     window = EngineWindows(engine, params)
     engine.reset_prefix_cache()
     ranked, at_16 = asyncio.run(timed(strategy, requests, truncate, window, CONCURRENCY))
     engine.reset_prefix_cache()
     _, at_1 = asyncio.run(timed(strategy, requests[:latency_queries], truncate, window, 1))
-    windows = [w for r in ranked for w in r.windows]
+    windows = Windows.of(ranked)
+    calls = max(windows.calls, 1)
     return {
         "calls": statistics.mean(r.calls for r in ranked), "rounds": statistics.mean(r.rounds for r in ranked),
         "prompt_tokens": statistics.mean(r.prompt_tokens for r in ranked),
         "completion_tokens": statistics.mean(r.completion_tokens for r in ranked),
         "p50_s_at_1": statistics.median(at_1), f"p50_s_at_{CONCURRENCY}": statistics.median(at_16),
-        "well_formed": sum(w.well_formed for w in windows) / max(len(windows), 1),
-        "forced": sum(w.forced_answer for w in windows) / max(len(windows), 1),
+        "well_formed": (windows.calls - windows.malformed_windows) / calls,
+        "forced": windows.forced_answers / calls,
         "per_query_ndcg@10": ndcg10(ranked, qrels),
     }
 

@@ -31,7 +31,7 @@ from reasonrank.metrics import evaluate_run
 from reasonrank.reporting import metrics_table, plot_metrics
 from reasonrank.reranker import Reranker
 from reasonrank.significance import compare_runs
-from reasonrank.types import RankedList, RerankRequest, WindowLog
+from reasonrank.types import RankedList, RerankRequest, WindowLog, Windows
 
 log = logging.getLogger("jobs.evaluate")
 
@@ -175,7 +175,7 @@ def _report(cfg: EvaluateConfig, requests: list[RerankRequest], done: dict[str, 
     reranked_scores = _as_scores(reranked)
     after_m = evaluate_run(reranked_scores, qrels)
     rankings = [_ranked_list(rec) for rec in done.values()]
-    every = RankedList("", [], [w for r in rankings for w in r.windows])  # all windows, summed as one
+    every = Windows.of(rankings)
     n_win = max(every.calls, 1)
     n_query = max(len(done), 1)
     summary = {

@@ -89,6 +89,17 @@ class WindowTotals:
 
 
 @dataclass
+class Windows(WindowTotals):
+    """The windows of any number of rankings, summed as one (a run's totals)."""
+
+    windows: list[WindowLog]
+
+    @staticmethod
+    def of(rankings: list[WindowTotals]) -> "Windows":
+        return Windows([w for r in rankings for w in r.windows])
+
+
+@dataclass
 class RankedList(WindowTotals):
     """A reranked list: candidates best first, and the windows that produced it."""
 
