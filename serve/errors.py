@@ -1,6 +1,7 @@
 """Errors the service answers with: a status, a message that names the problem, optional headers.
 
 Every error body is `{"message": ...}` (Cohere's shape), so clients of every API read it the same way.
+What ranking raises (the engine, the prompt, the score) becomes a status in one place, `http_error`.
 """
 from __future__ import annotations
 
