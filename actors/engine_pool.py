@@ -107,7 +107,7 @@ class EnginePool(Engine):
         finally:
             self._in_flight[replica] -= 1
         for generation in generations:
-            generation.extra["replica"] = replica
+            generation.replica = replica
         return generations
 
     def update_weights(self, weights: Mapping[str, Any] | str | Path, version: int) -> None:

@@ -90,7 +90,7 @@ class RolloutWorker(EngineActor):
                 raise RuntimeError(f"the engine saw {gen.prompt_tokens} prompt tokens for {samples[i].id}, the "
                                    f"tokenizer gives {len(prompt_ids[i])}: learner and engine would disagree")
             out.append(Rollout(samples[i].id, groups[i], prompt_ids[i], gen.token_ids, gen.logprobs, gen.text,
-                               gen.finish_reason, gen.extra["weights_version"], index=k % params.n,
+                               gen.finish_reason, gen.weights_version, index=k % params.n,
                                passages_cut_to=fitted[i].cut_to))
         return out
 

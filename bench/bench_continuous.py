@@ -4,7 +4,7 @@
 
 Lockstep rounds are the driver this project had before: the current window of every unfinished query
 goes to the engine together and the next round starts when the slowest window of the round is done. The
-continuous driver (`reasonrank.strategies.rerank`) submits a query's next window the moment its own
+continuous driver (`reasonrank.strategies.rank_requests`) submits a query's next window the moment its own
 returns. Both run greedy over the same queries on the same engine (prefix cache emptied before each) and
 must produce the same rankings. Two workloads:
 
@@ -88,15 +88,16 @@ def _timed(fn):
 
 
 def compare(engine, strategy, requests, params, truncate) -> dict:
-    from reasonrank.strategies import rerank
+    from reasonrank.strategies import rank_requests
+    from reasonrank.types import Windows
 
     engine.reset_prefix_cache()
     rounds, rounds_s = _timed(lambda: lockstep(engine, strategy, requests, params, truncate))
     engine.reset_prefix_cache()
-    continuous, continuous_s = _timed(lambda: rerank(engine, strategy, requests, params, truncate,
+    continuous, continuous_s = _timed(lambda: rank_requests(engine, strategy, requests, params, truncate,
                                                      max_windows_in_flight=len(requests)))
-    windows = sum(len(r.windows) for r in continuous)
-    tokens = sum(w.completion_tokens for r in continuous for w in r.windows)
+    totals = Windows.of(continuous)
+    windows, tokens = totals.calls, totals.completion_tokens
     lengths = [[w.completion_tokens for w in r.windows] for r in continuous]
     return {
         "flat_step_speedup": _flat_step_speedup(lengths),

@@ -1,4 +1,4 @@
-"""The service on the continuous engine: its overhead, its latency under load, and its sequential depth.
+"""The service on the continuous engine: its overhead, its latency under load, and its sequential rounds.
 
     python bench/bench_serve.py [--config configs/serve-tiny.yaml] [--requests 64] [--concurrency 1 8 32]
                                 [--max-new-tokens 256] [--call-latency 1.0]
@@ -12,7 +12,7 @@ Three tables, ratios from this one run:
    same requests to /native/rerank. Requests/s and p50/p99 latency of each; HTTP/direct and HTTP/beside.
 2. Interference. Through HTTP, the latency of a one-window request alone, and when it arrives while
    another request's window is being generated (median of several tries each).
-3. Depth. The same app with its OpenAI-compatible backend pointed at a model server on loopback that
+3. Sequential rounds. The same app with its OpenAI-compatible backend pointed at a model server on loopback that
    answers every window after exactly `--call-latency` seconds (the simulated teacher, a test double):
    one sliding-window request over 100 documents alone, then 16 at once; wall time in calls.
 Writes the tables as JSON under outputs/bench/.
@@ -59,15 +59,16 @@ async def _clients(requests: list, c: int, rank_one) -> dict[str, float]:
 def bench_direct(config, requests, levels, label: str = "direct") -> dict[int, dict[str, float]]:
     from reasonrank.engines import build_engine
     from reasonrank.prompt import PassageTruncator
-    from reasonrank.strategies import arerank
+    from reasonrank.strategies import EngineWindows, drive
 
     engine = build_engine(config.engine)
     try:
         strategy, params = config.strategy.build(), config.sampling.params()
         truncate = PassageTruncator(engine.tokenizer, config.strategy.passage_max_tokens)
+        window = EngineWindows(engine, params, config.max_windows_in_flight)
 
         async def rank_one(request) -> None:
-            await arerank(engine, strategy, [request], params, truncate)
+            await drive(strategy, request, truncate, window)
 
         asyncio.run(rank_one(requests[0]))  # warm-up
         out = {}
@@ -151,7 +152,7 @@ def bench_interference(service: Service, one: dict, other: dict, tries: int = 5)
             "ratio": statistics.median(during) / alone}
 
 
-def bench_depth(config, demo, call_latency_s: float, concurrent: int) -> dict[str, float]:
+def bench_rounds(config, demo, call_latency_s: float, concurrent: int) -> dict[str, float]:
     """Sliding-window requests over 100 documents through the OpenAI-compatible backend; wall time in calls."""
     import httpx
 
@@ -214,7 +215,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--max-new-tokens", type=int, default=256, help="the window's response budget")
     parser.add_argument("--call-latency", type=float, default=1.0, help="the remote model's seconds per call")
-    parser.add_argument("--depth-requests", type=int, default=16)
+    parser.add_argument("--rounds-requests", type=int, default=16)
     parser.add_argument("--out", default="outputs/bench")
     args = parser.parse_args()
 
@@ -240,7 +241,7 @@ def main() -> None:
             beside = bench_direct(config, requests, args.concurrency, "beside")
             http = bench_http(service, requests, args.concurrency)
             interference = bench_interference(service, _body(one_window[0]), _body(one_window[1]))
-        depth = bench_depth(config, demo, args.call_latency, args.depth_requests)
+        rounds = bench_rounds(config, demo, args.call_latency, args.rounds_requests)
     finally:
         ray.shutdown()
 
@@ -250,14 +251,14 @@ def main() -> None:
     print("\n2. A one-window request through HTTP, alone and arriving while another request's window generates:")
     print(f"   alone {interference['alone_ms']:.0f} ms, during {interference['during_ms']:.0f} ms: "
           f"{interference['ratio']:.2f}x")
-    print(f"\n3. Sliding window over 100 documents ({depth['windows_per_request']} sequential windows), remote model "
-          f"answering each call in {depth['call_latency_s']:g} s:")
-    print(f"   one request alone: {depth['alone_calls']:.2f} calls of wall time; {depth['concurrent']} at once: "
-          f"{depth['together_calls']:.2f} calls")
+    print(f"\n3. Sliding window over 100 documents ({rounds['windows_per_request']} sequential windows), remote model "
+          f"answering each call in {rounds['call_latency_s']:g} s:")
+    print(f"   one request alone: {rounds['alone_calls']:.2f} calls of wall time; {rounds['concurrent']} at once: "
+          f"{rounds['together_calls']:.2f} calls")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_serve.json").write_text(json.dumps(
-        {"direct": direct, "beside": beside, "http": http, "interference": interference, "depth": depth}, indent=2))
+        {"direct": direct, "beside": beside, "http": http, "interference": interference, "rounds": rounds}, indent=2))
     print(f"wrote {out / 'bench_serve.json'}")
 
 

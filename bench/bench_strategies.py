@@ -8,13 +8,13 @@ as the demo model is trained) needs 9 windows: the top 50 of BM25 over the whole
 own run has 20 candidates per query), for the sliding window, the first stage's top window alone (a reference:
 what ranking below it adds), top-down partitioning and parallel blocks (with and without the top window ranked
 again), each with reasoning as trained, under each budget and without reasoning. Per row: LLM calls,
-sequential depth, prompt and completion tokens per query; p50 latency with one query at a time (over the
+sequential rounds, prompt and completion tokens per query; p50 latency with one query at a time (over the
 first `--latency-queries`) and with 16 at once (over all); NDCG@10 and its paired difference from the sliding
 window with reasoning (95% bootstrap CI, paired randomisation p-value, `reasonrank.significance`). Greedy
 decoding, so the rankings do not depend on the concurrency. The prefix cache is emptied before each row. Also
 how many relevant passages the first stage leaves in its top window and below it (what depth can gain).
 
-First, without a model, the paper's setting: calls and depth for the top 100 with windows of 20 (step 10,
+First, without a model, the paper's setting: calls and sequential rounds for the top 100 with windows of 20 (step 10,
 pivot at rank 10), each strategy driven by a scripted model that ranks windows by known grades. Writes the
 table as JSON under `--out`.
 """
@@ -65,7 +65,7 @@ def scripted_window(grades: dict[str, int]):
 
 
 def paper_setting(queries: int = 200, seed: int = 0) -> list[dict]:
-    """Calls and depth per query for the top 100 with windows of 20, from a scripted model over queries whose
+    """Calls and sequential rounds per query for the top 100 with windows of 20, from a scripted model over queries whose
     relevant passages (about 1 in 10, graded 1-3) lie anywhere in the list."""
     from reasonrank.config import StrategyConfig
     from reasonrank.prompt import PassageTruncator
@@ -76,16 +76,16 @@ def paper_setting(queries: int = 200, seed: int = 0) -> list[dict]:
     rows = []
     for label, keys in strategy_grid(20, 10, 100, None):
         strategy = StrategyConfig(**keys).build()
-        calls, depths = [], []
+        calls, rounds = [], []
         for q in range(queries):
             texts = [f"passage {q}-{i}" for i in range(100)]
             grades = {t: rng.choice((1, 2, 3)) for t in texts if rng.random() < 0.1}
             request = RerankRequest.of(Query(str(q), "query"), [Candidate(t, t) for t in texts])
             ranked = asyncio.run(drive(strategy, request, PassageTruncator(None, None), scripted_window(grades)))
             calls.append(ranked.calls)
-            depths.append(ranked.depth)
+            rounds.append(ranked.rounds)
         rows.append({"strategy": label, "calls": statistics.mean(calls), "max_calls": max(calls),
-                     "depth": statistics.mean(depths), "max_depth": max(depths)})
+                     "rounds": statistics.mean(rounds), "max_rounds": max(rounds)})
     return rows
 
 
@@ -132,39 +132,41 @@ def ndcg10(rankings, qrels) -> dict[str, float]:
 
 
 def measure(engine, strategy, requests, qrels, params, truncate, latency_queries: int) -> dict:
-    from reasonrank.strategies import engine_windows
+    from reasonrank.strategies import EngineWindows
+    from reasonrank.types import Windows
 
-    window = engine_windows(engine, params)
+    window = EngineWindows(engine, params)
     engine.reset_prefix_cache()
     ranked, at_16 = asyncio.run(timed(strategy, requests, truncate, window, CONCURRENCY))
     engine.reset_prefix_cache()
     _, at_1 = asyncio.run(timed(strategy, requests[:latency_queries], truncate, window, 1))
-    windows = [w for r in ranked for w in r.windows]
+    windows = Windows.of(ranked)
+    calls = max(windows.calls, 1)
     return {
-        "calls": statistics.mean(r.calls for r in ranked), "depth": statistics.mean(r.depth for r in ranked),
+        "calls": statistics.mean(r.calls for r in ranked), "rounds": statistics.mean(r.rounds for r in ranked),
         "prompt_tokens": statistics.mean(r.prompt_tokens for r in ranked),
         "completion_tokens": statistics.mean(r.completion_tokens for r in ranked),
         "p50_s_at_1": statistics.median(at_1), f"p50_s_at_{CONCURRENCY}": statistics.median(at_16),
-        "well_formed": sum(w.well_formed for w in windows) / max(len(windows), 1),
-        "forced": sum(w.forced_answer for w in windows) / max(len(windows), 1),
+        "well_formed": (windows.calls - windows.malformed_windows) / calls,
+        "forced": windows.forced_answers / calls,
         "per_query_ndcg@10": ndcg10(ranked, qrels),
     }
 
 
 def table(first_stage: float, rows: list[dict], paper: list[dict]) -> str:
-    head = ("| strategy | reasoning | calls/q | depth | prompt tok/q | completion tok/q | p50 s @1 | p50 s @16 "
+    head = ("| strategy | reasoning | calls/q | rounds | prompt tok/q | completion tok/q | p50 s @1 | p50 s @16 "
             "| NDCG@10 | Δ vs sliding (95% CI) | p | well-formed | forced |")
     lines = [head, "|" + "---|" * 13, f"| BM25 top-50 | — | 0 | 0 | 0 | 0 | — | — | {first_stage:.4f} | | | | |"]
     for r in rows:
         vs = r.get("vs_sliding")
         delta = (f"{vs['difference']:+.4f} ({vs['ci_low']:+.4f}, {vs['ci_high']:+.4f}) | {vs['p_value']:.3f}"
                  if vs else "baseline | —")
-        lines.append(f"| {r['strategy']} | {r['reasoning']} | {r['calls']:.1f} | {r['depth']:.1f} "
+        lines.append(f"| {r['strategy']} | {r['reasoning']} | {r['calls']:.1f} | {r['rounds']:.1f} "
                      f"| {r['prompt_tokens']:.0f} | {r['completion_tokens']:.0f} | {r['p50_s_at_1']:.2f} "
                      f"| {r[f'p50_s_at_{CONCURRENCY}']:.2f} | {r['ndcg@10']:.4f} | {delta} "
                      f"| {r['well_formed']:.0%} | {r['forced']:.0%} |")
-    paper_line = "; ".join(f"{p['strategy']} {p['calls']:.1f} calls (max {p['max_calls']}), depth {p['depth']:.1f} "
-                           f"(max {p['max_depth']})" for p in paper)
+    paper_line = "; ".join(f"{p['strategy']} {p['calls']:.1f} calls (max {p['max_calls']}), rounds {p['rounds']:.1f} "
+                           f"(max {p['max_rounds']})" for p in paper)
     return "\n".join(lines) + f"\n\nPaper setting (top-100, windows of 20, scripted model, no LLM): {paper_line}"
 
 
@@ -198,7 +200,7 @@ def main() -> None:
     from reasonrank.metrics import evaluate_run
     from reasonrank.prompt import PassageTruncator
     from reasonrank.significance import paired_difference
-    from reasonrank.strategies import engine_windows
+    from reasonrank.strategies import EngineWindows
 
     paper = paper_setting()
     dataset = deeper_run(args.demo_dir, args.queries, args.first_stage_depth)
@@ -219,7 +221,7 @@ def main() -> None:
         params = SamplingParams(max_new_tokens=args.max_new_tokens)
         grid = strategy_grid(args.window, args.step, args.first_stage_depth, args.passage_tokens, args.cutoff)
         warm_up = StrategyConfig(**grid[0][1]).build()
-        asyncio.run(timed(warm_up, requests[:2], truncate, engine_windows(engine, params), 2))
+        asyncio.run(timed(warm_up, requests[:2], truncate, EngineWindows(engine, params), 2))
         baseline = None
         for label, keys in grid:
             for mode, reasoning in reasoning_grid(args.budgets):
@@ -235,7 +237,7 @@ def main() -> None:
                 else:
                     row["vs_sliding"] = paired_difference(baseline, per_query, "ndcg@10").as_dict()
                 rows.append(row)
-                print(f"{label} / {mode}: {row['calls']:.1f} calls, depth {row['depth']:.1f}, "
+                print(f"{label} / {mode}: {row['calls']:.1f} calls, {row['rounds']:.1f} rounds, "
                       f"NDCG@10 {row['ndcg@10']:.4f}, p50 {row['p50_s_at_1']:.2f} s alone", flush=True)
     finally:
         engine.close()

@@ -179,15 +179,15 @@ def _strategies(cfg: DemoConfig, name: str, model: str, evaluated: dict[str, Any
                 "engine.model": model, "strategy.name": strategy,
                 "output_dir": _evaluated(cfg.output_dir, f"{name}-{strategy}"),
                 "baseline_run": _run(cfg.output_dir, name)})
-    head = f"{'strategy':<16} {'calls/q':>7} {'depth':>5} {'tokens/q':>8} {'ndcg@10':>8}  vs {evaluated['strategy']}"
+    head = f"{'strategy':<16} {'calls/q':>7} {'rounds':>6} {'tokens/q':>8} {'ndcg@10':>8}  vs {evaluated['strategy']}"
     rows = [head, "-" * len(head)]
     for strategy, summary in summaries.items():
         cost = summary["per_query"]
         vs = (PairedDifference.from_dict(summary["vs_baseline"]["ndcg@10"]).describe() if summary is not evaluated
               else "the baseline")
-        rows.append(f"{strategy:<16} {cost['llm_calls']:>7.1f} {cost['sequential_depth']:>5.1f} "
+        rows.append(f"{strategy:<16} {cost['llm_calls']:>7.1f} {cost['sequential_rounds']:>6.1f} "
                     f"{cost['completion_tokens']:>8.0f} {summary['after']['ndcg@10']:>8.4f}  {vs}")
-    say(f"\nStrategies — {name} model, held-out demo queries (depth: sequential rounds of windows; tokens: "
+    say(f"\nStrategies — {name} model, held-out demo queries (rounds: sequential rounds of windows; tokens: "
         "completion)\n" + "\n".join(rows) + "\n")
     return summaries
 

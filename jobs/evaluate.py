@@ -31,7 +31,7 @@ from reasonrank.metrics import evaluate_run
 from reasonrank.reporting import metrics_table, plot_metrics
 from reasonrank.reranker import Reranker
 from reasonrank.significance import compare_runs
-from reasonrank.types import RankedList, RerankRequest
+from reasonrank.types import RankedList, RerankRequest, WindowLog, Windows
 
 log = logging.getLogger("jobs.evaluate")
 
@@ -85,7 +85,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
             reranker = Reranker(pool, cfg.strategy, cfg.sampling, context_tokens=cfg.engine.max_model_len,
                                 max_windows_in_flight=cfg.windows_in_flight_per_replica * cfg.replicas)
             parts = _PartWriter(parts_dir, len(storage.listdir(parts_dir)), cfg.queries_per_part, done)
-            with bar:
+            with reranker, bar:
                 def finished(ranked: RankedList) -> None:
                     parts.add(ranked)
                     bar.advance(1)
@@ -148,6 +148,11 @@ def _part_record(ranked: RankedList) -> dict[str, Any]:
             "windows": [dataclasses.asdict(w) for w in ranked.windows]}
 
 
+def _ranked_list(record: dict[str, Any]) -> RankedList:
+    """A saved part's query back as a ranking with its windows (its candidates are not needed here)."""
+    return RankedList(record["qid"], [], [WindowLog(**w) for w in record["windows"]])
+
+
 def _load_parts(parts_dir: str) -> dict[str, dict[str, Any]]:
     done: dict[str, dict[str, Any]] = {}
     for name in storage.listdir(parts_dir):
@@ -169,27 +174,28 @@ def _report(cfg: EvaluateConfig, requests: list[RerankRequest], done: dict[str, 
     before_m = evaluate_run(_as_scores(first_stage), qrels)
     reranked_scores = _as_scores(reranked)
     after_m = evaluate_run(reranked_scores, qrels)
-    n_win = max(len(windows), 1)
-    rounds = [max((w.get("depth", 0) for w in rec["windows"]), default=-1) + 1 for rec in done.values()]
+    rankings = [_ranked_list(rec) for rec in done.values()]
+    every = Windows.of(rankings)
+    n_win = max(every.calls, 1)
     n_query = max(len(done), 1)
     summary = {
         "queries": len(requests),
-        "windows": len(windows),
-        "well_formed_rate": sum(w["well_formed"] for w in windows) / n_win,
-        "prompt_tokens": sum(w["prompt_tokens"] for w in windows),
-        "completion_tokens": sum(w["completion_tokens"] for w in windows),
-        "mean_window_latency_s": sum(w["latency_s"] for w in windows) / n_win,
-        "depth": depth,
+        "windows": every.calls,
+        "well_formed_rate": (every.calls - every.malformed_windows) / n_win,
+        "prompt_tokens": every.prompt_tokens,
+        "completion_tokens": every.completion_tokens,
+        "mean_window_latency_s": sum(w.latency_s for w in every.windows) / n_win,
+        "depth": depth,  # the top-k reranked
         "model": cfg.engine.model,
         "strategy": cfg.strategy.name,
         "reasoning": cfg.strategy.reasoning.model_dump(),
-        "forced_answers": sum(w.get("forced_answer", False) for w in windows),
+        "forced_answers": every.forced_answers,
         "per_query": {  # what one query costs: LLM calls, sequential rounds (latency grows with these), tokens
-            "llm_calls": len(windows) / n_query,
-            "sequential_depth": sum(rounds) / n_query,
-            "max_sequential_depth": max(rounds, default=0),
-            "prompt_tokens": sum(w["prompt_tokens"] for w in windows) / n_query,
-            "completion_tokens": sum(w["completion_tokens"] for w in windows) / n_query,
+            "llm_calls": every.calls / n_query,
+            "sequential_rounds": sum(r.rounds for r in rankings) / n_query,
+            "max_sequential_rounds": max((r.rounds for r in rankings), default=0),
+            "prompt_tokens": every.prompt_tokens / n_query,
+            "completion_tokens": every.completion_tokens / n_query,
         },
         "before": {m: before_m.get(m) for m in REPORTED},
         "after": {m: after_m.get(m) for m in REPORTED},
@@ -209,7 +215,7 @@ def _report(cfg: EvaluateConfig, requests: list[RerankRequest], done: dict[str, 
     print(metrics_table(columns, REPORTED))
     print(f"well-formed windows: {summary['well_formed_rate']:.1%} of {summary['windows']}; outputs in {out}")
     cost = summary["per_query"]
-    print(f"per query: {cost['llm_calls']:.1f} LLM calls in {cost['sequential_depth']:.1f} sequential rounds, "
+    print(f"per query: {cost['llm_calls']:.1f} LLM calls in {cost['sequential_rounds']:.1f} sequential rounds, "
           f"{cost['prompt_tokens']:.0f} prompt and {cost['completion_tokens']:.0f} completion tokens")
     if compared:
         print(f"vs {cfg.baseline_run}: {compared['ndcg@10'].describe()}")

@@ -7,7 +7,9 @@ with the model's own tokenizer; the messages are rendered with the model's chat 
 from __future__ import annotations
 
 import re
+from array import array
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 from typing import Any
 
 SYSTEM_PROMPT = (
@@ -74,10 +76,14 @@ class PassageTruncator:
     def cut(self, text: str, max_tokens: int | None) -> str:
         if self.tokenizer is None or max_tokens is None:
             return text
-        ids = self.tokenizer.encode(text, add_special_tokens=False)
-        if len(ids) <= max_tokens:
-            return text
-        return self.tokenizer.decode(ids[:max_tokens], skip_special_tokens=True)
+        return self._cut(text, self._ids(text), max_tokens)
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def _cut(self, text: str, ids: list[int], max_tokens: int) -> str:
+        """`text` (whose tokens are `ids`) cut to `max_tokens`."""
+        return text if len(ids) <= max_tokens else self.tokenizer.decode(ids[:max_tokens], skip_special_tokens=True)
 
     def fit(self, query: str, passages: Sequence[str],
             build: Callable[[str, list[str]], list[dict[str, str]]]) -> list[dict[str, str]]:
@@ -90,11 +96,12 @@ class PassageTruncator:
         limit = self.context_tokens - self.answer_tokens
         if self._tokens(messages) <= limit:
             return messages
-        longest = max((len(self.tokenizer.encode(p, add_special_tokens=False)) for p in passages), default=0)
+        ids = [self._ids(p) for p in passages]  # each passage tokenised once for every cut tried below
+        longest = max(map(len, ids), default=0)
         floor = min(PASSAGE_MIN_TOKENS, longest)
 
         def at(cap: int, q: str = query) -> list[dict[str, str]]:
-            return build(q, [self.cut(p, cap) for p in passages])
+            return build(q, [self._cut(p, i, cap) for p, i in zip(passages, ids)])
 
         if self._tokens(at(floor)) <= limit:  # the longest passage budget that fits
             lo, hi = floor, longest
@@ -114,7 +121,7 @@ class PassageTruncator:
             f"per window or a shorter query")
 
     def _tokens(self, messages: list[dict[str, str]]) -> int:
-        return len(self.tokenizer(render(self.tokenizer, messages), add_special_tokens=False)["input_ids"])
+        return len(prompt_token_ids(self.tokenizer, messages))
 
 
 def shown_passage(text: str, truncate: PassageTruncator | None = None) -> str:
@@ -144,6 +151,18 @@ def assistant_turn(reasoning: str, order: Sequence[int]) -> str:
     from reasonrank.parsing import format_answer
 
     return f"<think>{reasoning}</think><answer>{format_answer(list(order))}</answer>"
+
+
+def prompt_token_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    """The token ids of the prompt the model sees (`render`). The last windows' are remembered, so a window
+    is tokenised once: where the truncator measures it, the engine that generates it finds its ids."""
+    return list(_rendered_ids(tokenizer, tuple((m["role"], m["content"]) for m in messages)))
+
+
+@lru_cache(maxsize=256)
+def _rendered_ids(tokenizer: Any, messages: tuple[tuple[str, str], ...]) -> array:
+    rendered = render(tokenizer, [{"role": role, "content": content} for role, content in messages])
+    return array("l", tokenizer.encode(rendered, add_special_tokens=False))  # 8 bytes a token while remembered
 
 
 def render(tokenizer: Any, messages: list[dict[str, str]]) -> str:

@@ -8,31 +8,36 @@ together. The serving replica (`serve/app.py`) and the evaluate job rank through
     for result in reranker.rerank("why do cats purr", documents, top_n=3):  # index, score, document
         print(result.index, result.score, result.document)
 
-`rerank_batch` ranks many queries at once through the one strategy driver (each query advances the moment
-its own window returns, the engine batches every query's windows); `arerank` and `arerank_batch` are the
-same for async callers. A call may name another strategy (`strategy=StrategyConfig(...)`) and another score
-(`score="votes"`, see `reasonrank.scores`) than the reranker's defaults.
+`rerank` ranks one query, `rerank_batch` many at once through the one strategy driver (each query advances
+the moment its own window returns, the engine batches every query's windows); `arerank` and `arerank_batch`
+are the same for async callers. A call may name another strategy (`strategy=StrategyConfig(...)`) and
+another score (`score="votes"`, see `reasonrank.scores`) than the reranker's defaults.
+
+A reranker holds what its engine opens (processes, HTTP sessions): close it (`close()`, `aclose()`) or use it
+as a context manager, `with Reranker.from_model(...) as reranker:` or `async with`. Synchronous calls run on
+one event loop of the reranker's own, so what the engine opens for them lives until `close`.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from reasonrank.config import (EngineConfig, SamplingConfig, StrategyConfig, Strict, apply_overrides,
                                parse_config)
 from reasonrank.engines import build_engine
-from reasonrank.engines.base import Engine, Generation, run_sync
+from reasonrank.engines.base import Engine
+from reasonrank.engines.engine_loop import EngineLoop
 from reasonrank.prompt import PassageTruncator
 from reasonrank.scores import ScoreKind, check_score, scores
-from reasonrank.strategies import EngineCall, arerank, drive, engine_windows
-from reasonrank.strategies.reasoning import WindowFn
+from reasonrank.strategies import EngineWindows, drive, drive_requests
 from reasonrank.types import Candidate, Query, RankedList, RerankRequest, WindowLog, WindowTotals
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -74,25 +79,25 @@ class Reranker:
                  max_windows_in_flight: int = 64, context_tokens: int | None = None, owns_engine: bool = False):
         """`engine` already running (or an engine pool); `context_tokens` (the engine's max_model_len) makes
         each window fit the context; `owns_engine`: `close` closes the engine too."""
-        if max_windows_in_flight < 1:
-            raise ValueError(f"max_windows_in_flight must be >= 1, got {max_windows_in_flight}")
         self.engine, self.strategy, self.score = engine, strategy, score
         self.params = sampling.params()
-        self.max_windows_in_flight = max_windows_in_flight
+        self.windows = EngineWindows(engine, self.params, max_windows_in_flight)
         self.context_tokens = context_tokens
         self._owns_engine = owns_engine
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._windows: WindowFn | None = None
+        self._sync_loop: EngineLoop | None = None
 
     @classmethod
     def build(cls, engine: EngineConfig, strategy: StrategyConfig = StrategyConfig(),
-              sampling: SamplingConfig = SamplingConfig(), **options: Any) -> Reranker:
-        """Start the engine `engine` describes; the strategy takes the prompt settings the model was trained
-        with wherever it does not set its own. `options`: those of the constructor."""
+              sampling: SamplingConfig = SamplingConfig(), *,
+              wrap_engine: Callable[[Engine], Engine] | None = None, **options: Any) -> Reranker:
+        """Start the engine `engine` describes (inside `wrap_engine`, when given: the service's health
+        tracking); the strategy takes the prompt settings the model was trained with wherever it does not
+        set its own. `options`: those of the constructor."""
         if engine.backend != "openai":
             strategy = strategy.for_model(engine.model, log)
-        return cls(build_engine(engine), strategy, sampling, context_tokens=engine.max_model_len, owns_engine=True,
-                   **options)
+        running = build_engine(engine)
+        return cls(running if wrap_engine is None else wrap_engine(running), strategy, sampling,
+                   context_tokens=engine.max_model_len, owns_engine=True, **options)
 
     @classmethod
     def from_model(cls, model: str, backend: str = "vllm", strategy: str | StrategyConfig = "sliding_window",
@@ -121,7 +126,7 @@ class Reranker:
     def rerank(self, query: str, documents: Sequence[Document], top_n: int | None = None, *,
                strategy: StrategyConfig | None = None, score: ScoreKind | None = None) -> list[RerankResult]:
         """`documents` ranked for `query`, best first (the best `top_n`)."""
-        return run_sync(self.arerank(query, documents, top_n, strategy=strategy, score=score))
+        return self._run(self.arerank(query, documents, top_n, strategy=strategy, score=score))
 
     async def arerank(self, query: str, documents: Sequence[Document], top_n: int | None = None, *,
                       strategy: StrategyConfig | None = None, score: ScoreKind | None = None) -> list[RerankResult]:
@@ -129,13 +134,12 @@ class Reranker:
         return ranking.results(documents, top_n)
 
     async def rank(self, query: str, texts: Sequence[str], *, strategy: StrategyConfig | None = None,
-                   score: ScoreKind | None = None, qid: str = "", window: WindowFn | None = None) -> DocumentRanking:
-        """The whole ranking of `texts` with its windows. Each window comes from `window` when given (the
-        service wraps `self.window` to tell the engine's faults apart), else from `self.window`."""
+                   score: ScoreKind | None = None, qid: str = "") -> DocumentRanking:
+        """The whole ranking of `texts` with its windows (what the service answers from)."""
         strategy = strategy or self.strategy
         score = self._score(score, strategy)
         request = RerankRequest.of(Query(qid, query), [Candidate(str(i), t) for i, t in enumerate(texts)])
-        ranked = await drive(strategy.build(), request, self.truncator(strategy), window or self.window)
+        ranked = await drive(strategy.build(), request, self.truncator(strategy), self.windows)
         return _ranking(ranked, score)
 
     def _score(self, score: ScoreKind | None, strategy: StrategyConfig) -> ScoreKind:
@@ -144,21 +148,13 @@ class Reranker:
         check_score(score, strategy.name)
         return score
 
-    async def window(self, call: EngineCall) -> Generation:
-        """One window from the engine, at most `max_windows_in_flight` (of every call on this loop) at once."""
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop:  # a semaphore belongs to one loop; each sync call runs on a new one
-            self._loop = loop
-            self._windows = engine_windows(self.engine, self.params, asyncio.Semaphore(self.max_windows_in_flight))
-        return await self._windows(call)
-
     # ---- many queries -----------------------------------------------------------------------------------
 
     def rerank_batch(self, queries: Sequence[str], documents: Sequence[Sequence[Document]],
                      top_n: int | None = None, *, strategy: StrategyConfig | None = None,
                      score: ScoreKind | None = None) -> list[list[RerankResult]]:
         """`documents[i]` ranked for `queries[i]`, every query at once."""
-        return run_sync(self.arerank_batch(queries, documents, top_n, strategy=strategy, score=score))
+        return self._run(self.arerank_batch(queries, documents, top_n, strategy=strategy, score=score))
 
     async def arerank_batch(self, queries: Sequence[str], documents: Sequence[Sequence[Document]],
                             top_n: int | None = None, *, strategy: StrategyConfig | None = None,
@@ -176,13 +172,13 @@ class Reranker:
                       on_query_done: Callable[[RankedList], None] | None = None) -> list[RankedList]:
         """Rerank each request's candidates (the evaluate job's form); `on_query_done` hears each ranking
         as it finishes."""
-        return run_sync(self.arank_requests(requests, strategy=strategy, on_query_done=on_query_done))
+        return self._run(self.arank_requests(requests, strategy=strategy, on_query_done=on_query_done))
 
     async def arank_requests(self, requests: list[RerankRequest], *, strategy: StrategyConfig | None = None,
                              on_query_done: Callable[[RankedList], None] | None = None) -> list[RankedList]:
         strategy = strategy or self.strategy
-        return await arerank(self.engine, strategy.build(), requests, self.params, self.truncator(strategy),
-                             self.max_windows_in_flight, on_query_done)
+        return await drive_requests(strategy.build(), requests, self.truncator(strategy), self.windows,
+                                    on_query_done)
 
     # ---- parts ------------------------------------------------------------------------------------------
 
@@ -191,15 +187,38 @@ class Reranker:
         budget = (strategy or self.strategy).passage_max_tokens
         return PassageTruncator(self.engine.tokenizer, budget, self.context_tokens, self.params.max_new_tokens)
 
+    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run `coroutine` for a synchronous caller, on the reranker's own loop (started on first use)."""
+        if self._sync_loop is None:
+            self._sync_loop = EngineLoop("reranker")
+        return self._sync_loop.run(coroutine)
+
     def close(self) -> None:
+        """Release what the engine opened for synchronous calls, and the engine itself if this reranker
+        started it."""
+        if self._sync_loop is not None:
+            self._sync_loop.run(self.engine.release_loop())
+            self._sync_loop.close()
+            self._sync_loop = None
         if self._owns_engine:
             self.engine.close()
+
+    async def aclose(self) -> None:
+        """`close`, from async code: also releases what the engine opened for this event loop."""
+        await self.engine.release_loop()
+        self.close()
 
     def __enter__(self) -> Reranker:
         return self
 
     def __exit__(self, *_: Any) -> None:
         self.close()
+
+    async def __aenter__(self) -> Reranker:
+        return self
+
+    async def __aexit__(self, *_: Any) -> None:
+        await self.aclose()
 
 
 def document_text(document: Document) -> str:

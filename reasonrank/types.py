@@ -49,7 +49,7 @@ class WindowLog:
     finish_reason: str = ""
     response: str = ""
     in_flight: int = 1  # windows the engine had in flight when this one was submitted, itself included
-    depth: int = 0  # the query's sequential round this window ran in (0: first); windows of one round ran at once
+    round: int = 0  # the query's sequential round this window ran in (0: first); windows of one round ran at once
     forced_answer: bool = False  # the reasoning ran out of its budget and the answer was forced after it
     ranked: list[str] | None = None  # the window's docids as the model ranked them, best first (None: a
     # step that does not rank its window, such as an elimination step); what window votes count
@@ -66,8 +66,9 @@ class WindowTotals:
         return len(self.windows)
 
     @property
-    def depth(self) -> int:
-        return sequential_depth(self.windows)
+    def rounds(self) -> int:
+        """Sequential rounds of windows: what the ranking's latency grows with, however many windows each had."""
+        return max((w.round for w in self.windows), default=-1) + 1
 
     @property
     def prompt_tokens(self) -> int:
@@ -80,6 +81,22 @@ class WindowTotals:
     @property
     def malformed_windows(self) -> int:
         return sum(not w.well_formed for w in self.windows)
+
+    @property
+    def forced_answers(self) -> int:
+        """Windows whose reasoning hit its budget and whose answer was forced."""
+        return sum(w.forced_answer for w in self.windows)
+
+
+@dataclass
+class Windows(WindowTotals):
+    """The windows of any number of rankings, summed as one (a run's totals)."""
+
+    windows: list[WindowLog]
+
+    @staticmethod
+    def of(rankings: list[WindowTotals]) -> "Windows":
+        return Windows([w for r in rankings for w in r.windows])
 
 
 @dataclass
@@ -94,7 +111,3 @@ class RankedList(WindowTotals):
     def docids(self) -> list[str]:
         return [c.docid for c in self.candidates]
 
-
-def sequential_depth(windows: list[WindowLog]) -> int:
-    """Sequential rounds a ranking took: what its latency grows with, however many windows each round had."""
-    return max((w.depth for w in windows), default=-1) + 1

@@ -6,15 +6,17 @@
     GET  /v1/models   the served model                                the engine answers
 
 Each replica loads the model once (in its constructor; Serve routes to it only after) into a
-`reasonrank.Reranker`. Every request drives its own strategy (through the one strategy driver) and submits
-each window to the engine the moment it is ready; the engine batches the windows of all requests in flight
+`reasonrank.Reranker`, its engine wrapped once in health tracking (`serve.engine_health`). A request goes one
+way: the handler hands it to the Reranker, which drives its strategy (through the one strategy driver) and
+submits each window to the engine the moment it is ready; the engine batches the windows of all requests in flight
 continuously (vLLM's async engine), so no window waits for another request's. At most
 `max_windows_in_flight` windows are submitted at once; the rest wait their turn.
 
 Faults: a request past its deadline gets 504, and one whose client went away is cancelled; either way its
-in-flight window is aborted in the engine. A prompt the engine refuses for what it is (too long for its
-context) is the client's input: 400, and the engine stays healthy. When the engine itself raises on a
-window, only that request gets 503; the replica is then suspect until the engine answers a one-token probe
+in-flight window is aborted in the engine. What ranking raises becomes a status in one place
+(`serve.errors.http_error`): a prompt the engine refuses for what it is (too long for its context) is the
+client's input, 400, and the engine stays healthy; when the engine itself raises on a window, only that
+request gets 503, and the replica is then suspect until the engine answers a one-token probe
 (from /health or Serve's health check). A replica whose engine fails the probe is reported unhealthy and
 Serve replaces it. /health never waits behind ranking work.
 
@@ -38,15 +40,12 @@ from ray import serve
 from ray.serve import Application
 
 from reasonrank.config import ConfigError, StrategyConfig, load_config
-from reasonrank.engines.base import EngineInputError, Generation, Messages, SamplingParams
-from reasonrank.prompt import PromptTooLong
-from reasonrank.reranker import DocumentRanking, Reranker as ModelReranker
-from reasonrank.scores import ScoreUnavailable
-from reasonrank.strategies import EngineCall
+from reasonrank.reranker import DocumentRanking, Reranker
 from serve.auth import BearerAuth
 from serve.body import parse_request
 from serve.config import ServeConfig
-from serve.errors import ServeError
+from serve.engine_health import HealthTrackedEngine
+from serve.errors import ServeError, http_error
 from serve.metrics import RerankMetrics
 from serve.responses import cohere_response, jina_response, native_response
 from serve.schema import CohereRequest, JinaRequest, NativeRequest
@@ -54,7 +53,6 @@ from serve.schema import CohereRequest, JinaRequest, NativeRequest
 logger = logging.getLogger("ray.serve")
 
 TIMEOUT_HEADER = "x-request-timeout"  # seconds; a client may ask for a deadline shorter than the server's
-_PROBE: Messages = [{"role": "user", "content": "ping"}]
 
 api = FastAPI(title="ReasonRank reranker",
               description="Reasoning listwise reranking: Cohere v1/v2, Jina/vLLM and native APIs.")
@@ -65,64 +63,28 @@ async def _serve_error(_: Request, error: ServeError) -> JSONResponse:
     return error.response()
 
 
-class EngineFailure(RuntimeError):
-    """The engine raised while generating a window."""
-
-
 @serve.deployment(name="Reranker")
 @serve.ingress(api)
-class Reranker:
+class RerankerDeployment:
     def __init__(self, config: dict[str, Any]):
         self.config = ServeConfig.model_validate(config)
         self.auth = BearerAuth.from_env(self.config.auth_token_env)  # before the model: fail fast
         self.metrics = RerankMetrics()
-        self._engine_failure: str | None = None
         started = time.perf_counter()
-        self.reranker = ModelReranker.build(self.config.engine, self.config.strategy, self.config.sampling,
-                                            score=self.config.score,
-                                            max_windows_in_flight=self.config.max_windows_in_flight)
-        self.engine = self.reranker.engine
+        probe_timeout_s = self.config.deployment.health_check_timeout_s
+        self.reranker = Reranker.build(self.config.engine, self.config.strategy, self.config.sampling,
+                                       score=self.config.score,
+                                       max_windows_in_flight=self.config.max_windows_in_flight,
+                                       wrap_engine=lambda engine: HealthTrackedEngine(engine, probe_timeout_s))
+        self.engine: HealthTrackedEngine = self.reranker.engine
         logger.info("reranker %r loaded (%s backend, %s) in %.1f s; auth %s", self.config.model_name,
                     self.config.engine.backend, self.config.engine.model, time.perf_counter() - started,
                     "on" if self.auth.enabled else "off")
 
-    # ---- the engine side ---------------------------------------------------------------------------
-
-    async def window(self, call: EngineCall) -> Generation:
-        """A request's window, generated alongside the windows of every other request in flight."""
-        try:
-            generation = await self.reranker.window(call)
-        except EngineInputError as e:
-            raise ServeError(400, f"the model cannot take this request: {e}") from None
-        except Exception as e:
-            raise self._failed(e) from None
-        self._engine_failure = None
-        return generation
-
-    def _failed(self, error: Exception) -> EngineFailure:
-        """Whatever the engine raised becomes a 503 for the request, and makes the replica suspect."""
-        self._engine_failure = f"{type(error).__name__}: {error}"
-        logger.error("engine failed on a window: %s", self._engine_failure)
-        return EngineFailure(self._engine_failure)
-
-    async def engine_alive(self) -> bool:
-        """True unless the engine failed since it last answered; then it must answer a one-token probe."""
-        if self._engine_failure is None:
-            return True
-        try:
-            await asyncio.wait_for(self.engine.agenerate(_PROBE, SamplingParams(max_new_tokens=1)),
-                                   self.config.deployment.health_check_timeout_s)
-        except Exception as e:
-            self._engine_failure = f"{type(e).__name__}: {e}"
-            return False
-        logger.info("engine answered a probe after failing (%s); replica stays", self._engine_failure)
-        self._engine_failure = None
-        return True
-
     async def check_health(self) -> None:
         """Serve's periodic health check: raising makes Serve replace this replica."""
-        if not await self.engine_alive():
-            raise RuntimeError(f"engine is down ({self._engine_failure}); replacing this replica")
+        if not await self.engine.alive():
+            raise RuntimeError(f"engine is down ({self.engine.failure}); replacing this replica")
 
     def __del__(self) -> None:
         """Serve calls this after in-flight requests finished (graceful shutdown): release the engine."""
@@ -134,8 +96,8 @@ class Reranker:
 
     @api.get("/health")
     async def health(self) -> JSONResponse:
-        if not await self.engine_alive():
-            return JSONResponse({"status": "unavailable", "message": f"engine failed: {self._engine_failure}"},
+        if not await self.engine.alive():
+            return JSONResponse({"status": "unavailable", "message": f"engine failed: {self.engine.failure}"},
                                 status_code=503)
         return JSONResponse({"status": "ready", "model": self.config.model_name,
                              "windows_in_flight": self.engine.windows_in_flight()})
@@ -183,20 +145,16 @@ class Reranker:
             except asyncio.TimeoutError:
                 raise ServeError(504, f"reranking did not finish within the request deadline of {deadline:g} s "
                                       f"({len(body.documents)} documents)") from None
-            except EngineFailure as e:
-                raise ServeError(503, f"the reranking engine failed ({e}); retry shortly",
-                                 headers={"Retry-After": "5"}) from None
-            except PromptTooLong as e:  # the request's fault: never the engine's, the replica stays healthy
-                raise ServeError(413, f"the request does not fit the model: {e}") from None
-            except ScoreUnavailable as e:
-                raise ServeError(422, str(e)) from None
             self.metrics.record_ranking(api_name, ranking)
             payload = respond(request_id, body, strategy, ranking).model_dump(mode="json", exclude_none=True)
             status = 200
             return JSONResponse(payload)
-        except ServeError as error:
-            status = error.status
-            return error.response()
+        except Exception as error:
+            answer = http_error(error)
+            if answer is None:
+                raise
+            status = answer.status
+            return answer.response()
         except asyncio.CancelledError:  # the client went away: the window in flight is aborted on the way out
             status = 499
             raise
@@ -231,7 +189,7 @@ class Reranker:
 
     async def _rank(self, body: Any, strategy: StrategyConfig) -> DocumentRanking:
         return await self.reranker.rank(body.query, body.texts, strategy=strategy, score=getattr(body, "score", None),
-                                        qid=getattr(body, "qid", None) or "", window=self.window)
+                                        qid=getattr(body, "qid", None) or "")
 
 
 def build_app(args: dict[str, Any] | ServeConfig) -> Application:
@@ -257,5 +215,5 @@ def build_app(args: dict[str, Any] | ServeConfig) -> Application:
     if config.engine.backend != "openai" and model_dir.exists():  # replicas may run in another directory
         config = config.model_copy(update={"engine": config.engine.model_copy(
             update={"model": str(model_dir.resolve())})})
-    deployment = Reranker.options(**config.deployment.serve_options())
+    deployment = RerankerDeployment.options(**config.deployment.serve_options())
     return deployment.bind(config.model_dump(mode="json"))

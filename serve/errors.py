@@ -1,11 +1,17 @@
 """Errors the service answers with: a status, a message that names the problem, optional headers.
 
 Every error body is `{"message": ...}` (Cohere's shape), so clients of every API read it the same way.
+What ranking raises (the engine, the prompt, the score) becomes a status in one place, `http_error`.
 """
 from __future__ import annotations
 
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+
+from reasonrank.engines.base import EngineInputError
+from reasonrank.prompt import PromptTooLong
+from reasonrank.scores import ScoreUnavailable
+from serve.engine_health import EngineFailure
 
 
 class ServeError(Exception):
@@ -25,3 +31,19 @@ def validation_message(error: ValidationError) -> str:
         message = problem["msg"].removeprefix("Value error, ")
         parts.append(f"{where}: {message}")
     return "; ".join(parts)
+
+
+def http_error(error: Exception) -> ServeError | None:
+    """The answer to what ranking raised, in one place: the client's input at fault (400, 413, 422), or the
+    engine (503, retry shortly); None for what is none of these (a bug: 500)."""
+    if isinstance(error, ServeError):
+        return error
+    if isinstance(error, EngineInputError):
+        return ServeError(400, f"the model cannot take this request: {error}")
+    if isinstance(error, PromptTooLong):  # the request's fault: never the engine's, the replica stays healthy
+        return ServeError(413, f"the request does not fit the model: {error}")
+    if isinstance(error, ScoreUnavailable):
+        return ServeError(422, str(error))
+    if isinstance(error, EngineFailure):
+        return ServeError(503, f"the reranking engine failed ({error}); retry shortly", headers={"Retry-After": "5"})
+    return None

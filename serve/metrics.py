@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from ray.serve.metrics import Counter, Histogram
 
-from reasonrank.types import sequential_depth
-
 from reasonrank.reranker import DocumentRanking
 
 _LATENCY_BUCKETS_S = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600]
@@ -25,7 +23,7 @@ class RerankMetrics:
                                  boundaries=_LATENCY_BUCKETS_S, tag_keys=("api", "status"))
         self.windows = Histogram("reasonrank_windows_per_request", "Engine windows one request needed.",
                                  boundaries=_WINDOW_BUCKETS, tag_keys=("api",))
-        self.depth = Histogram("reasonrank_sequential_depth", "Sequential rounds of windows one request needed "
+        self.rounds = Histogram("reasonrank_sequential_rounds", "Sequential rounds of windows one request needed "
                                "(what its latency grows with).", boundaries=_WINDOW_BUCKETS, tag_keys=("api",))
         self.forced = Counter("reasonrank_forced_answers", "Windows whose reasoning hit its budget and whose "
                               "answer was forced.", tag_keys=("api",))
@@ -46,11 +44,10 @@ class RerankMetrics:
 
     def record_ranking(self, api: str, ranking: DocumentRanking) -> None:
         tags = {"api": api}
-        self.windows.observe(len(ranking.windows), tags=tags)
-        self.depth.observe(sequential_depth(ranking.windows), tags=tags)
-        forced = sum(w.forced_answer for w in ranking.windows)
-        if forced:
-            self.forced.inc(forced, tags=tags)
+        self.windows.observe(ranking.calls, tags=tags)
+        self.rounds.observe(ranking.rounds, tags=tags)
+        if ranking.forced_answers:
+            self.forced.inc(ranking.forced_answers, tags=tags)
         for window in ranking.windows:
             self.in_flight.observe(window.in_flight)
         if ranking.malformed_windows:

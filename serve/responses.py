@@ -10,14 +10,13 @@ from __future__ import annotations
 from reasonrank.config import StrategyConfig
 from reasonrank.parsing import extract_answer, extract_reasoning
 from reasonrank.reranker import DocumentRanking
-from reasonrank.types import sequential_depth
 from serve.schema import (ApiVersion, CohereMeta, CohereResponse, CompatibleRequest, JinaResponse, JinaUsage,
-                          NativeRequest, NativeResponse, NativeUsage, RankedDocument, RerankResult, TokenUsage,
+                          NativeRequest, NativeResponse, NativeUsage, RankedDocument, CompatibleResult, TokenUsage,
                           WindowReport)
 
 
-def _results(body: CompatibleRequest, ranking: DocumentRanking, return_documents: bool) -> list[RerankResult]:
-    return [RerankResult(index=r.index, relevance_score=r.score,
+def _results(body: CompatibleRequest, ranking: DocumentRanking, return_documents: bool) -> list[CompatibleResult]:
+    return [CompatibleResult(index=r.index, relevance_score=r.score,
                          document=body.documents[r.index].model_dump(exclude_unset=True) if return_documents else None)
             for r in ranking.results(body.documents, body.top_n)]
 
@@ -44,15 +43,14 @@ def native_response(request_id: str, model: str, body: NativeRequest, strategy: 
     reasons = body.return_reasoning
     windows = [WindowReport(start=w.start, end=w.end, well_formed=w.well_formed, finish_reason=w.finish_reason,
                             prompt_tokens=w.prompt_tokens, completion_tokens=w.completion_tokens,
-                            latency_s=w.latency_s, in_flight=w.in_flight, depth=w.depth,
+                            latency_s=w.latency_s, in_flight=w.in_flight, round=w.round,
                             forced_answer=w.forced_answer,
                             reasoning=extract_reasoning(w.response) if reasons else None,
                             answer=extract_answer(w.response) if reasons else None,
                             response=w.response if reasons else None)
                for w in ranking.windows]
     usage = NativeUsage(prompt_tokens=ranking.prompt_tokens, completion_tokens=ranking.completion_tokens,
-                        windows=len(ranking.windows), malformed_windows=ranking.malformed_windows,
-                        depth=sequential_depth(ranking.windows),
-                        forced_answers=sum(w.forced_answer for w in ranking.windows))
+                        windows=ranking.calls, malformed_windows=ranking.malformed_windows,
+                        rounds=ranking.rounds, forced_answers=ranking.forced_answers)
     return NativeResponse(id=request_id, model=model, qid=body.qid, strategy=strategy, ranking=ranked,
                           windows=windows, usage=usage)

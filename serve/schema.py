@@ -15,7 +15,9 @@ from reasonrank.config import ReasoningConfig, StrategyConfig
 from reasonrank.scores import ScoreKind
 
 
-class Document(BaseModel):
+class RequestDocument(BaseModel):
+    """A document as a request sends it: its `text`, and any other keys (echoed back with it)."""
+
     model_config = ConfigDict(extra="allow")
 
     text: str
@@ -29,14 +31,14 @@ def _document_from_string(value: Any) -> Any:
     return value
 
 
-DocumentIn = Annotated[Document, BeforeValidator(_document_from_string)]
+RequestDocumentIn = Annotated[RequestDocument, BeforeValidator(_document_from_string)]
 
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     query: str
-    documents: list[DocumentIn]
+    documents: list[RequestDocumentIn]
     max_tokens_per_doc: int | None = Field(None, ge=1)
 
     @field_validator("query")
@@ -48,7 +50,7 @@ class _Request(BaseModel):
 
     @field_validator("documents")
     @classmethod
-    def _documents_within_limit(cls, documents: list[Document], info: ValidationInfo) -> list[Document]:
+    def _documents_within_limit(cls, documents: list[RequestDocument], info: ValidationInfo) -> list[RequestDocument]:
         if not documents:
             raise ValueError("no documents to rerank; send at least one")
         limit = (info.context or {}).get("max_documents")
@@ -69,7 +71,7 @@ class CompatibleRequest(_Request):
     top_n: int | None = Field(None, ge=1)
 
 
-class CohereDocument(Document):
+class CohereDocument(RequestDocument):
     text: str | None = None  # with `rank_fields`, an object may rank other fields instead
 
 
@@ -106,7 +108,7 @@ class JinaRequest(CompatibleRequest):
     return_documents: bool = True  # Jina's and vLLM's default
 
 
-class NativeDocument(Document):
+class NativeDocument(RequestDocument):
     id: str | None = None  # defaults to the document's index
 
 
@@ -165,7 +167,9 @@ class NativeRequest(_Request):
 # ---- responses -------------------------------------------------------------------------------------------
 
 
-class RerankResult(BaseModel):
+class CompatibleResult(BaseModel):
+    """One ranked document in a Cohere or Jina response."""
+
     index: int
     relevance_score: float
     document: dict[str, Any] | None = None
@@ -192,7 +196,7 @@ class CohereMeta(BaseModel):
 
 class CohereResponse(BaseModel):
     id: str
-    results: list[RerankResult]
+    results: list[CompatibleResult]
     meta: CohereMeta
 
 
@@ -205,7 +209,7 @@ class JinaResponse(BaseModel):
     id: str
     model: str
     usage: JinaUsage
-    results: list[RerankResult]
+    results: list[CompatibleResult]
 
 
 class RankedDocument(BaseModel):
@@ -225,7 +229,7 @@ class WindowReport(BaseModel):
     completion_tokens: int
     latency_s: float
     in_flight: int  # windows the engine was generating (all requests') when this one was submitted, itself included
-    depth: int = 0  # the request's sequential round this window ran in (0: first)
+    round: int = 0  # the request's sequential round this window ran in (0: first)
     forced_answer: bool = False  # its reasoning hit the budget and the answer was forced (two engine calls)
     reasoning: str | None = None  # these three only when the request asks for return_reasoning
     answer: str | None = None
@@ -237,7 +241,7 @@ class NativeUsage(BaseModel):
     completion_tokens: int
     windows: int  # LLM calls (a window whose answer was forced counts once)
     malformed_windows: int
-    depth: int = 0  # sequential rounds of windows: what the latency grows with
+    rounds: int = 0  # sequential rounds of windows: what the latency grows with
     forced_answers: int = 0  # windows whose reasoning hit the budget
 
 

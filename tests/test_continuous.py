@@ -15,7 +15,7 @@ import pytest
 from reasonrank.config import EngineConfig
 from reasonrank.engines import SamplingParams, build_engine
 from reasonrank.prompt import listwise_messages
-from reasonrank.strategies import SlidingWindow, rerank
+from reasonrank.strategies import SlidingWindow, rank_requests
 
 LONG = SamplingParams(max_new_tokens=3000, ignore_eos=True)
 
@@ -75,8 +75,8 @@ def test_a_window_joins_the_running_batch(vllm_engine):
 def test_greedy_rankings_do_not_depend_on_how_many_queries_run_at_once(vllm_engine, demo_data):
     requests = demo_data.load().requests(12)[:6]
     strategy, params = SlidingWindow(window_size=6, step=3, depth=12), SamplingParams(max_new_tokens=24)
-    together = rerank(vllm_engine, strategy, requests, params)
-    alone = [rerank(vllm_engine, strategy, [request], params)[0] for request in requests]
+    together = rank_requests(vllm_engine, strategy, requests, params)
+    alone = [rank_requests(vllm_engine, strategy, [request], params)[0] for request in requests]
     assert max(w.in_flight for r in together for w in r.windows) > 1  # they did run side by side
     assert [r.docids for r in together] == [r.docids for r in alone]
     assert [[w.response for w in r.windows] for r in together] == [[w.response for w in r.windows] for r in alone]

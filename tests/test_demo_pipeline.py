@@ -46,7 +46,7 @@ def test_sft_pauses_for_a_first_table_and_grpo_starts_from_the_finished_sft_mode
             f.write("q1 Q0 d1 1 1.0 model\n")
         return {"before": {"ndcg@10": 0.44}, "after": {"ndcg@10": after}, "well_formed_rate": 0.9,
                 "vs_baseline": {"ndcg@10": _difference(0.44, after)}, "strategy": "sliding_window",
-                "per_query": {"llm_calls": 3, "sequential_depth": 3, "completion_tokens": 800}}
+                "per_query": {"llm_calls": 3, "sequential_rounds": 3, "completion_tokens": 800}}
 
     monkeypatch.setattr(synthesize, "run", lambda c, o: calls.append(("synthesize", o)) or {})
     monkeypatch.setattr(sft, "run", fake_sft)

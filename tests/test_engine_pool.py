@@ -15,7 +15,7 @@ from reasonrank.config import EngineConfig
 from reasonrank.engines import SamplingParams
 from reasonrank.engines.base import EngineInputError
 from reasonrank.prompt import listwise_messages
-from reasonrank.strategies import SlidingWindow, rerank, window_spans
+from reasonrank.strategies import SlidingWindow, rank_requests, window_spans
 
 GREEDY = SamplingParams(max_new_tokens=8, logprobs=True)
 
@@ -75,7 +75,7 @@ def test_a_seeded_batch_split_over_replicas_samples_what_one_engine_samples(pool
 def test_rerank_over_the_pool_returns_permutations(pool, demo_data):
     requests = demo_data.load().requests(10)[:4]
     strategy = SlidingWindow(window_size=5, step=3, depth=10)
-    ranked = rerank(pool, strategy, requests, SamplingParams(max_new_tokens=16))
+    ranked = rank_requests(pool, strategy, requests, SamplingParams(max_new_tokens=16))
     assert [r.qid for r in ranked] == [q.query.qid for q in requests]
     for request, result in zip(requests, ranked):
         depth = min(10, len(request.candidates))
@@ -97,8 +97,8 @@ def test_windows_go_to_the_least_loaded_replica(pool):
         return (await long)[0], short
 
     long, short = asyncio.run(scenario())
-    assert long.extra["replica"] == 0
-    assert [g.extra["replica"] for g in short] == [1, 1, 1]  # never behind the long one
+    assert long.replica == 0
+    assert [g.replica for g in short] == [1, 1, 1]  # never behind the long one
 
 
 @pytest.mark.slow
@@ -114,7 +114,7 @@ def test_weights_pushed_through_the_object_store_reach_every_replica(pool, demo_
     pool.update_weights(AutoModelForCausalLM.from_pretrained(other).state_dict(), version=1)
     pushed = pool.generate(batch, GREEDY)
     assert _outputs(pushed) != _outputs(before) and pool.weights_version == 1
-    assert {g.extra["weights_version"] for g in pushed} == {1}  # both replicas answered with the new weights
+    assert {g.weights_version for g in pushed} == {1}  # both replicas answered with the new weights
     pool.update_weights(other, version=2)  # the saved folder: the path test_engines checks against a fresh engine
     _assert_same(pool.generate(batch, GREEDY), pushed)
     pool.update_weights(tiny_model_dir, version=3)

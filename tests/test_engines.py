@@ -178,7 +178,7 @@ def test_vllm_weight_update_matches_a_fresh_engine(vllm_engine, other_checkpoint
     new_weights = AutoModelForCausalLM.from_pretrained(other_checkpoint).state_dict()
     vllm_engine.update_weights(new_weights, version=1)
     updated = vllm_engine.generate(_batch(), GREEDY)
-    assert vllm_engine.weights_version == 1 and updated[0].extra["weights_version"] == 1
+    assert vllm_engine.weights_version == 1 and updated[0].weights_version == 1
     assert _outputs(updated) != before
 
     children = _vllm_children()
@@ -236,10 +236,10 @@ def test_vllm_weight_update_waits_for_running_samples_and_holds_new_ones(vllm_en
     try:
         finished, generated = done["running"]
         assert _outputs(generated) == old_weights  # every token from the old weights: nothing switched mid-sample
-        assert {g.extra["weights_version"] for g in generated} == {version}
+        assert {g.weights_version for g in generated} == {version}
         assert finished <= done["push"][0] <= done["late"][0]
         late_gen = done["late"][1]
-        assert late_gen[0].extra["weights_version"] == version + 1
+        assert late_gen[0].weights_version == version + 1
         assert _outputs(late_gen) == _outputs(vllm_engine.generate(_batch()[:1], GREEDY))  # the new weights'
     finally:
         vllm_engine.update_weights(tiny_model_dir, version + 2)

@@ -55,7 +55,7 @@ def test_evaluate_compares_the_reranked_run_with_a_baseline_run(ray_cluster, dem
     assert ndcg["difference"] < 0 and ndcg["ci_high"] <= 0
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["vs_baseline"] == vs
     cost = summary["per_query"]  # windows of 10, step 5, over 20 candidates: 3 windows, one after another
-    assert (cost["llm_calls"], cost["sequential_depth"], cost["max_sequential_depth"]) == (3, 3, 3)
+    assert (cost["llm_calls"], cost["sequential_rounds"], cost["max_sequential_rounds"]) == (3, 3, 3)
     assert cost["prompt_tokens"] > cost["completion_tokens"] > 0
 
 

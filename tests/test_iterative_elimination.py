@@ -16,7 +16,7 @@ from reasonrank.elimination import elimination_messages, parse_elimination
 from reasonrank.elimination_reward import EliminationRewardWeights, elimination_step_reward
 from reasonrank.engines.base import Engine, Generation, SamplingParams
 from reasonrank.prompt import PassageTruncator
-from reasonrank.strategies import IterativeElimination, build_strategy, rerank
+from reasonrank.strategies import IterativeElimination, build_strategy, rank_requests
 from reasonrank.types import Candidate, Query, RerankRequest
 
 _PASSAGE = re.compile(r"^\[(\d+)\] grade (\d+)", flags=re.M)
@@ -88,7 +88,7 @@ def test_parser_refuses_an_empty_list():
 def test_final_ranking_is_the_reverse_elimination_order():
     grades = [3, 7, 1, 9, 5, 2]
     engine = EliminatingEngine()
-    [ranked] = rerank(engine, IterativeElimination(depth=None), [request("q", grades)], SamplingParams())
+    [ranked] = rank_requests(engine, IterativeElimination(depth=None), [request("q", grades)], SamplingParams())
     by_grade = sorted(range(len(grades)), key=lambda i: -grades[i])
     assert docids(ranked) == [f"q-d{i}" for i in by_grade]
     assert engine.shown == [6, 5, 4, 3, 2]  # the remaining candidates only, one fewer each step
@@ -99,7 +99,7 @@ def test_final_ranking_is_the_reverse_elimination_order():
 def test_each_query_steps_on_its_own_and_results_keep_request_order():
     engine = EliminatingEngine()
     reqs = [request("a", [1, 2, 3, 4, 5]), request("b", [2, 1, 3]), request("c", [4])]
-    results = rerank(engine, IterativeElimination(depth=None), reqs, SamplingParams())
+    results = rank_requests(engine, IterativeElimination(depth=None), reqs, SamplingParams())
     # a: 4 steps, b: 2, c: none (a single candidate is ranked)
     assert sorted(engine.queries) == ["a", "a", "a", "a", "b", "b"]
     assert [r.qid for r in results] == ["a", "b", "c"]
@@ -109,7 +109,7 @@ def test_each_query_steps_on_its_own_and_results_keep_request_order():
 def test_malformed_steps_drop_the_last_candidate_and_still_give_a_permutation():
     grades = [5, 1, 4, 2, 3]
     engine = EliminatingEngine(malformed_every=2)
-    [ranked] = rerank(engine, IterativeElimination(depth=None), [request("q", grades)], SamplingParams())
+    [ranked] = rank_requests(engine, IterativeElimination(depth=None), [request("q", grades)], SamplingParams())
     # step 1 drops d1 (grade 1); step 2 is malformed: drops the last remaining, d4; step 3 drops d3;
     # step 4 malformed: of [d0, d2] drops d2.
     assert docids(ranked) == ["q-d0", "q-d2", "q-d3", "q-d4", "q-d1"]
@@ -119,7 +119,7 @@ def test_malformed_steps_drop_the_last_candidate_and_still_give_a_permutation():
 def test_depth_leaves_the_tail_untouched_and_stop_at_keeps_the_survivors_in_order():
     req = request("q", [1, 8, 6, 2, 9, 7, 0, 0])
     engine = EliminatingEngine()
-    [ranked] = rerank(engine, IterativeElimination(depth=6, stop_at=3), [req], SamplingParams())
+    [ranked] = rank_requests(engine, IterativeElimination(depth=6, stop_at=3), [req], SamplingParams())
     assert engine.shown == [6, 5, 4]  # depth - stop_at steps
     # eliminated d0 (1), d3 (2), d2 (6); survivors d1, d4, d5 keep first-stage order; tail as it was
     assert docids(ranked) == ["q-d1", "q-d4", "q-d5", "q-d2", "q-d3", "q-d0", "q-d6", "q-d7"]
@@ -134,7 +134,7 @@ def test_passages_are_truncated_once_per_query_not_once_per_step():
             return text
 
     engine = EliminatingEngine()
-    rerank(engine, IterativeElimination(depth=None), [request("q", [1, 2, 3, 4])], SamplingParams(),
+    rank_requests(engine, IterativeElimination(depth=None), [request("q", [1, 2, 3, 4])], SamplingParams(),
            CountingTruncator(None, None))
     assert len(cuts) == 4 and engine.shown == [4, 3, 2]
 
@@ -193,7 +193,7 @@ def test_tiny_model_garbage_still_gives_a_complete_permutation(tiny_model_dir, d
     reqs = [r for r in dataset.requests(4)][:2]
     engine = build_engine(EngineConfig(backend="transformers", model=str(tiny_model_dir), dtype="float32"))
     try:
-        results = rerank(engine, IterativeElimination(depth=None), reqs, SamplingParams(max_new_tokens=8),
+        results = rank_requests(engine, IterativeElimination(depth=None), reqs, SamplingParams(max_new_tokens=8),
                          PassageTruncator(engine.tokenizer, 32))
     finally:
         engine.close()

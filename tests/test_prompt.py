@@ -132,3 +132,32 @@ def test_without_a_context_budget_passages_are_only_cut_to_their_budget(tiny_mod
     long = " ".join(f"w{j}" for j in range(2000))
     messages = listwise_messages("q", [long], PassageTruncator(tok, 20_000))  # far over the model's 4096
     assert long in messages[1]["content"]
+
+
+class _CountingTokenizer:
+    """The model's tokenizer, counting how often it tokenises a whole rendered prompt."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.prompts_tokenised = tokenizer, 0
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+    def encode(self, text, **options):
+        self.prompts_tokenised += SYSTEM_PROMPT[:60] in text
+        return self.tokenizer.encode(text, **options)
+
+
+def test_a_window_is_tokenised_once_from_its_measure_to_the_engine(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from reasonrank.prompt import prompt_token_ids
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    counting = _CountingTokenizer(tok)
+    truncate = PassageTruncator(counting, 64, context_tokens=4096, answer_tokens=256)  # fits: measured once
+    messages = listwise_messages("why do cats purr", [f"passage {i} on purring" for i in range(5)], truncate)
+    assert counting.prompts_tokenised == 1
+    ids = prompt_token_ids(counting, messages)  # what the vLLM engine asks for the window it generates
+    assert counting.prompts_tokenised == 1
+    assert ids == tok.encode(render(tok, messages), add_special_tokens=False) and len(ids) > 50

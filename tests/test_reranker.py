@@ -16,6 +16,7 @@ import yaml
 
 from reasonrank import Reranker
 from reasonrank.config import StrategyConfig
+from reasonrank.engines.base import Engine
 from reasonrank.scores import ScoreUnavailable, relevance_score, window_votes
 from reasonrank.strategies import window_spans
 from reasonrank.teacher.simulated import SimulatedTeacher, SimulationConfig
@@ -110,17 +111,23 @@ def test_window_votes_are_mean_normalised_borda_counts():
     assert votes == {"a": (1.0 + 0.0) / 2, "b": 0.5, "c": (0.0 + 1.0) / 2, "d": 1.0}
 
 
-def test_votes_from_a_strategy_whose_steps_do_not_rank_are_refused_before_any_engine_call(scripted):
-    calls = []
+class _RecordingEngine(Engine):
+    """An engine that records the prompts it is asked for and answers none."""
 
-    async def window(call):
-        calls.append(call)
+    def __init__(self):
+        self.asked: list = []
+
+    async def agenerate(self, messages, params):
+        self.asked.append(messages)
         raise AssertionError("no window should be asked for")
 
+
+def test_votes_from_a_strategy_whose_steps_do_not_rank_are_refused_before_any_engine_call(scripted):
+    engine = _RecordingEngine()
     elimination = StrategyConfig(name="iterative_elimination", depth=10)
     with pytest.raises(ScoreUnavailable, match="iterative_elimination"):
-        asyncio.run(scripted.rank(QUERY, DOCS, strategy=elimination, score="votes", window=window))
-    assert calls == []
+        asyncio.run(Reranker(engine).rank(QUERY, DOCS, strategy=elimination, score="votes"))
+    assert engine.asked == []
     with pytest.raises(ScoreUnavailable, match="iterative_elimination"):
         scripted.rerank_batch([QUERY], [DOCS], strategy=elimination, score="votes")
 
@@ -137,7 +144,7 @@ def test_from_config_takes_a_serve_or_an_evaluate_config(model_server, tmp_path)
                                          "sampling.max_new_tokens": 256, "strategy.window_size": 4,
                                          "strategy.step": 2, "strategy.depth": 8, "strategy.name": "sliding_window",
                                          extra: 3}) as reranker:
-            assert reranker.max_windows_in_flight == 3
+            assert reranker.windows.max_in_flight == 3
             assert [r.index for r in reranker.rerank(QUERY, DOCS, top_n=2)] == expected_order(10)[:2]
 
 
@@ -151,3 +158,59 @@ def test_local_backends_rank_completely(backend, tiny_model_dir):
         assert [r.document for r in results] == [DOCS[r.index] for r in results]
         (batched,) = reranker.rerank_batch([QUERY], [DOCS[:3]], top_n=1)
         assert len(batched) == 1 and batched[0].index in range(3)
+
+
+_RANK_A_FEW = """
+import asyncio, gc, sys
+from reasonrank import Reranker
+from reasonrank.config import StrategyConfig
+
+base_url, ending = sys.argv[1], sys.argv[2]
+docs = [f"passage {i} about cats" for i in range(6)]
+queries = ["why do cats purr", "how do bees dance", "why do cats purr"]
+
+
+def build():
+    return Reranker.from_model("scripted", backend="openai", strategy=StrategyConfig(window_size=4, step=2, depth=6),
+                               max_new_tokens=64, base_url=base_url, max_retries=0)
+
+
+if ending == "async":
+    async def main():
+        async with build() as reranker:
+            for query in queries:
+                await reranker.arerank(query, docs)
+    asyncio.run(main())
+else:
+    reranker = build()
+    reranker.rerank_batch(queries, [docs] * len(queries))
+    for query in queries:
+        reranker.rerank(query, docs)
+    if ending == "close":
+        reranker.close()
+    del reranker
+gc.collect()
+print("ranked", flush=True)
+"""
+
+
+@pytest.mark.parametrize("ending", ["close", "async"])
+def test_a_closed_reranker_leaves_no_http_session_open(model_server, ending, tmp_path):
+    """A script that ranks a few queries on the OpenAI-compatible backend and closes its reranker (or leaves
+    its `async with`) ends with no "Unclosed client session" warning; one that does not close gets them,
+    so the check sees what it looks for."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "rank_a_few.py"
+    script.write_text(_RANK_A_FEW)
+
+    def warnings_of(how: str) -> str:
+        done = subprocess.run([sys.executable, "-W", "always::ResourceWarning", str(script), model_server.base_url,
+                               how], capture_output=True, text=True, timeout=120, cwd=REPO)
+        assert done.returncode == 0 and "ranked" in done.stdout, done.stderr
+        return done.stderr
+
+    assert "Unclosed client session" in warnings_of("open")  # the check catches a session left open
+    closed = warnings_of(ending)
+    assert "Unclosed" not in closed and "ResourceWarning" not in closed, closed

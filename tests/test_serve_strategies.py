@@ -2,7 +2,7 @@
 
 As in tests/test_serve_known_rankings.py, the replica's engine is the OpenAI-compatible backend pointed at a
 scripted model server (the simulated teacher, no noise, no faults) that ranks every window by relevance
-grades, so each request's ranking, calls and depth are known in advance and far from the documents' order.
+grades, so each request's ranking, calls and sequential rounds are known in advance and far from the documents' order.
 The deployment's default is top-down partitioning; the native endpoint may ask for another strategy, a
 reasoning budget (the scripted model's reasoning is longer, so every window's answer is forced) or no
 reasoning. The Cohere and Jina endpoints keep their schemas and get the deployment's default.
@@ -50,14 +50,14 @@ def native(service, strategy=None):
     return service.post("/native/rerank", json=body)
 
 
-def test_the_deployment_default_strategy_with_its_calls_and_depth(service):
+def test_the_deployment_default_strategy_with_its_calls_and_rounds(service):
     assert TDPART_ORDER != list(range(10))
     r = native(service)
     assert r.status_code == 200, r.text
     assert [x["index"] for x in r.json()["ranking"]] == TDPART_ORDER
     usage = r.json()["usage"]
-    assert (usage["windows"], usage["depth"], usage["malformed_windows"], usage["forced_answers"]) == (4, 3, 0, 0)
-    assert [w["depth"] for w in r.json()["windows"]] == [0, 1, 1, 2]
+    assert (usage["windows"], usage["rounds"], usage["malformed_windows"], usage["forced_answers"]) == (4, 3, 0, 0)
+    assert [w["round"] for w in r.json()["windows"]] == [0, 1, 1, 2]
     assert usage["prompt_tokens"] == sum(w["prompt_tokens"] for w in r.json()["windows"]) > 0
 
 
@@ -76,22 +76,22 @@ def test_a_request_chooses_its_strategy_and_a_reasoning_budget(service):
     assert r.status_code == 200, r.text
     assert [x["index"] for x in r.json()["ranking"]] == expected_order(10)
     windows, usage = r.json()["windows"], r.json()["usage"]
-    assert (usage["windows"], usage["depth"]) == (3, 3)
+    assert (usage["windows"], usage["rounds"]) == (3, 3)
     assert usage["forced_answers"] == 3 and usage["malformed_windows"] == 0
     assert all(w["forced_answer"] and w["well_formed"] for w in windows)
     assert all(len(w["reasoning"].split()) == 5 for w in windows)  # the reasoning cut at its budget
 
 
-def test_forced_answers_and_depth_reach_prometheus(service):
+def test_forced_answers_and_rounds_reach_prometheus(service):
     forced = _metric("ray_reasonrank_forced_answers_total")
-    requests = _metric("ray_reasonrank_sequential_depth_count")
+    requests = _metric("ray_reasonrank_sequential_rounds_count")
     r = native(service, {**SLIDING, "reasoning": {"mode": "budget", "budget_tokens": 5}})
     assert r.status_code == 200, r.text
     deadline = time.monotonic() + 45  # Ray exports metrics every few seconds
-    # (Ray's histogram sum is the buckets' midpoints, so the depth is seen through the count)
+    # (Ray's histogram sum is the buckets' midpoints, so the rounds are seen through the count)
     while (_metric("ray_reasonrank_forced_answers_total") < forced + 3
-           or _metric("ray_reasonrank_sequential_depth_count") < requests + 1):
-        assert time.monotonic() < deadline, "the forced-answer counter or the depth histogram did not rise"
+           or _metric("ray_reasonrank_sequential_rounds_count") < requests + 1):
+        assert time.monotonic() < deadline, "the forced-answer counter or the rounds histogram did not rise"
         time.sleep(1)
 
 
@@ -100,7 +100,7 @@ def test_a_request_without_reasoning(service):
                          "reasoning": {"mode": "none"}})
     assert r.status_code == 200, r.text
     windows, usage = r.json()["windows"], r.json()["usage"]
-    assert (usage["windows"], usage["depth"], usage["malformed_windows"]) == (4, 1, 0)
+    assert (usage["windows"], usage["rounds"], usage["malformed_windows"]) == (4, 1, 0)
     assert all(w["reasoning"] == "" for w in windows)
     assert [x["index"] for x in r.json()["ranking"]][:3] == [2, 7, 5]  # 2 and 7 win all their comparisons
 

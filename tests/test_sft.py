@@ -237,13 +237,13 @@ def _rerank_held_out(model_dir, demo_data, queries: int) -> tuple[float, float]:
     from reasonrank.engines.base import SamplingParams
     from reasonrank.metrics import evaluate_run
     from reasonrank.prompt import PassageTruncator
-    from reasonrank.strategies import SlidingWindow, rerank
+    from reasonrank.strategies import SlidingWindow, rank_requests
 
     test = demo_data.load().subset("test")
     requests = test.requests(20)[:queries]
     engine = build_engine(EngineConfig(backend="transformers", model=str(model_dir), dtype="float32"))
     try:
-        ranked = rerank(engine, SlidingWindow(WINDOW, STEP, 20), requests, SamplingParams(max_new_tokens=192),
+        ranked = rank_requests(engine, SlidingWindow(WINDOW, STEP, 20), requests, SamplingParams(max_new_tokens=192),
                         PassageTruncator(engine.tokenizer, 64))
     finally:
         engine.close()

@@ -1,7 +1,7 @@
 """Ranking strategies: the paper's window schedule and the continuous driver.
 
-The engine here is a scripted test double (it reverses every window after a delay the test chooses per
-query, and records when each window starts and ends), used only to see which windows a strategy asks for
+The engine here is a scripted test double (it ranks every window's passages by a fixed preference for their
+content, after a delay the test chooses per query, and records when each window starts and ends), used only to see which windows a strategy asks for
 and when the driver submits them; the real engines run the same strategies in tests/test_engine_pool.py,
 tests/test_continuous.py, tests/test_evaluate.py and tests/test_submit.py.
 """
@@ -14,12 +14,22 @@ import pytest
 
 from reasonrank.engines.base import Engine, Generation, SamplingParams
 from reasonrank.parsing import format_answer
-from reasonrank.strategies import OneShot, SlidingWindow, build_strategy, rerank, window_spans
+from reasonrank.strategies import OneShot, SlidingWindow, build_strategy, rank_requests, window_spans
 from reasonrank.types import Candidate, Query, RerankRequest
 
 
-class ReversingEngine(Engine):
-    """Answers every listwise prompt with its passages in reverse order, after `delay_s(query text)`;
+def preference(i: int) -> int:
+    """How much the scripted model likes "passage i": distinct for i < 101, and no self-inverse order (a
+    reversal would be its own inverse, and an index/rank swap would rank the same)."""
+    return (37 * i) % 101
+
+
+def preferred(candidates) -> list:
+    return sorted(candidates, key=lambda c: -preference(int(c.text.split()[1])))
+
+
+class ScriptedEngine(Engine):
+    """Answers every listwise prompt with its passages ordered by `preference`, after `delay_s(query text)`;
     records ("start"|"end", query text) events and the most windows it ever had in flight."""
 
     def __init__(self, malformed_every: int = 0, delay_s=lambda query: 0.0):
@@ -42,8 +52,9 @@ class ReversingEngine(Engine):
         finally:
             self.in_flight -= 1
         self.events.append(("end", query))
-        n = len(re.findall(r"^\[\d+\] ", messages[-1]["content"], flags=re.M))
-        text = f"<think>reversing</think><answer>{format_answer(list(reversed(range(n))))}</answer>"
+        shown = [int(i) for i in re.findall(r"^\[\d+\] passage (\d+)", messages[-1]["content"], flags=re.M)]
+        order = sorted(range(len(shown)), key=lambda k: -preference(shown[k]))
+        text = f"<think>by preference</think><answer>{format_answer(order)}</answer>"
         if self.malformed_every and seen % self.malformed_every == 0:
             text = "<think>I ran out of tok"
         return [Generation(text, prompt_tokens=10, completion_tokens=5, latency_s=0.0)]
@@ -68,19 +79,19 @@ def test_any_depth_ends_at_the_top_and_covers_every_position(n):
 
 def test_sliding_window_result_matches_manual_replay():
     req = request("q", 30)
-    [ranked] = rerank(ReversingEngine(), SlidingWindow(20, 10, depth=30), [req], SamplingParams())
+    [ranked] = rank_requests(ScriptedEngine(), SlidingWindow(20, 10, depth=30), [req], SamplingParams())
     expected = list(req.candidates)
     for s, e in window_spans(30, 20, 10):
-        expected[s:e] = expected[s:e][::-1]
+        expected[s:e] = preferred(expected[s:e])
     assert ranked.candidates == expected
     assert [(w.start, w.end) for w in ranked.windows] == window_spans(30, 20, 10)
 
 
 def test_a_query_advances_the_moment_its_own_window_returns():
     """No rounds: while query a's one slow window runs, query b goes through all 4 of its windows."""
-    engine = ReversingEngine(delay_s=lambda query: 0.3 if query == "query a" else 0.01)
+    engine = ScriptedEngine(delay_s=lambda query: 0.3 if query == "query a" else 0.01)
     reqs = [request("a", 20), request("b", 45)]
-    results = rerank(engine, SlidingWindow(), reqs, SamplingParams())
+    results = rank_requests(engine, SlidingWindow(), reqs, SamplingParams())
     assert engine.events[:2] == [("start", "query a"), ("start", "query b")]
     assert engine.events.index(("end", "query a")) == len(engine.events) - 1  # b's 4 windows all ended first
     assert [e for e in engine.events if e[1] == "query b"] == [("start", "query b"), ("end", "query b")] * 4
@@ -89,10 +100,10 @@ def test_a_query_advances_the_moment_its_own_window_returns():
 
 
 def test_windows_in_flight_are_bounded():
-    engine = ReversingEngine(delay_s=lambda query: 0.01)
+    engine = ScriptedEngine(delay_s=lambda query: 0.01)
     reqs = [request(str(i), 30) for i in range(10)]
     done: list[str] = []
-    results = rerank(engine, SlidingWindow(20, 10, depth=30), reqs, SamplingParams(), max_windows_in_flight=3,
+    results = rank_requests(engine, SlidingWindow(20, 10, depth=30), reqs, SamplingParams(), max_windows_in_flight=3,
                      on_query_done=lambda ranked: done.append(ranked.qid))
     assert engine.peak == 3
     assert sorted(done) == sorted(r.query.qid for r in reqs) and len(results) == 10
@@ -100,19 +111,20 @@ def test_windows_in_flight_are_bounded():
 
 def test_depth_leaves_the_tail_untouched_and_nothing_is_lost():
     req = request("q", 50)
-    engine = ReversingEngine(malformed_every=3)
-    [ranked] = rerank(engine, SlidingWindow(20, 10, depth=40), [req], SamplingParams())
+    engine = ScriptedEngine(malformed_every=3)
+    [ranked] = rank_requests(engine, SlidingWindow(20, 10, depth=40), [req], SamplingParams())
     assert sorted(c.docid for c in ranked.candidates) == sorted(c.docid for c in req.candidates)
     assert ranked.candidates[40:] == list(req.candidates[40:])
+    assert ranked.candidates[:40] != list(req.candidates[:40])
     assert [w.well_formed for w in ranked.windows] == [True, True, False]
 
 
 def test_one_shot_is_a_single_window_over_the_list():
-    engine = ReversingEngine()
+    engine = ScriptedEngine()
     req = request("q", 12)
-    [ranked] = rerank(engine, OneShot(depth=None), [req], SamplingParams())
+    [ranked] = rank_requests(engine, OneShot(depth=None), [req], SamplingParams())
     assert engine.seen == 1
-    assert ranked.candidates == list(reversed(req.candidates))
+    assert [c.docid for c in ranked.candidates] == [f"q-d{i}" for i in (8, 5, 2, 10, 7, 4, 1, 9, 6, 3, 11, 0)]
     assert ranked.windows[0].strategy == "one_shot"
 
 
@@ -123,4 +135,4 @@ def test_unknown_strategy_names_the_known_ones():
 
 def test_rerank_refuses_group_sampling():
     with pytest.raises(ValueError, match="n must be 1"):
-        rerank(ReversingEngine(), SlidingWindow(), [request("q", 3)], SamplingParams(n=4))
+        rank_requests(ScriptedEngine(), SlidingWindow(), [request("q", 3)], SamplingParams(n=4))

@@ -46,7 +46,7 @@ def test_reasoning_is_normalised_from_reasoning_content_or_inline_think():
                 [_pointwise(3), _pointwise(0), listwise_messages(QUERIES["q1"], list(CORPUS.values()))], PARAMS)
     for apart, inline in zip(outputs[0.0], outputs[1.0]):
         assert apart.reasoning and apart.reasoning == inline.reasoning
-        assert apart.text == inline.text == f"<think>{apart.reasoning}</think>{apart.extra['answer']}"
+        assert apart.text == inline.text == f"<think>{apart.reasoning}</think>{apart.answer}"
     relevant, irrelevant, ranking = outputs[0.0]
     assert parse_relevance(relevant.text) is True and parse_relevance(irrelevant.text) is False
     parsed = parse_ranking(ranking.text, len(CORPUS))
@@ -70,14 +70,14 @@ def test_each_transient_fault_is_retried_then_reported_with_its_reason(kind):
         assert len(teacher.arrivals) == 2
         # One more attempt allowed: the 3rd call succeeds and says what it retried for.
         [gen] = _engine(teacher.base_url, max_retries=2, request_timeout_s=timeout).generate([_pointwise(2)], PARAMS)
-        assert gen.extra["retries"] == [kind] * 2 and parse_relevance(gen.text) is False
+        assert gen.retries == [kind] * 2 and parse_relevance(gen.text) is False
 
 
 def test_retry_after_of_a_429_is_honoured():
     with _teacher(fail_first=1, fault_kinds=("rate_limited",), retry_after_s=0.6) as teacher:
         [gen] = _engine(teacher.base_url, retry_backoff_s=0.01).generate([_pointwise(3)], PARAMS)
         (first, _), (second, _) = teacher.arrivals
-    assert gen.extra["retries"] == ["rate_limited"]
+    assert gen.retries == ["rate_limited"]
     assert second - first >= 0.6  # the backoff alone would have waited about 0.01 s
 
 

@@ -59,7 +59,16 @@ class Generation:
     reasoning: str | None = None  # reasoning the server returned apart from the content, if any
     token_ids: list[int] | None = None  # sampled token ids (local engines)
     logprobs: list[float] | None = None  # their log-probabilities, when SamplingParams.logprobs
-    extra: dict[str, Any] = field(default_factory=dict)
+    # what the backend knows of the call (None/empty where it does not apply)
+    answer: str | None = None  # the content apart from the reasoning (OpenAI-compatible endpoints)
+    usage_estimated: bool = False  # the server gave no token usage: counts estimated at 4 characters a token
+    retries: list[str] = field(default_factory=list)  # reasons of the failed attempts before this one
+    weights_version: int | None = None  # the weights that generated it (local vLLM engines)
+    replica: int | None = None  # the engine replica that generated it (an engine pool)
+    # what the window driver adds (reasonrank.strategies)
+    in_flight: int = 1  # windows the engine had in flight when this one was submitted, itself included
+    round: int = 0  # the query's sequential round this window ran in (0: first)
+    forced_answer: bool = False  # the reasoning hit its budget and the answer was forced after it
 
 
 class EngineInputError(ValueError):
@@ -94,6 +103,10 @@ class Engine(ABC):
     def windows_in_flight(self) -> int:
         """Prompts submitted and not yet answered (what the engine is generating or has queued)."""
         return 0
+
+    async def release_loop(self) -> None:
+        """Release what the engine opened for the running event loop (HTTP sessions); it opens them again
+        if that loop calls it later."""
 
     def close(self) -> None:
         """Release the engine's processes and memory."""

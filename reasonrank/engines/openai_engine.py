@@ -166,8 +166,8 @@ class OpenAIEngine(Engine):
     async def complete(self, messages: Messages, params: SamplingParams,
                        validate: Callable[[Generation], None] | None = None) -> Generation:
         """One chat completion, retried as the module says. `validate(gen)` may raise MalformedResponse to
-        have an unusable answer retried like a malformed body. `Generation.extra["retries"]` lists the
-        reasons of the failed attempts before the one that succeeded."""
+        have an unusable answer retried like a malformed body. `Generation.retries` lists the reasons of the
+        failed attempts before the one that succeeded."""
         if params.n != 1:
             raise ValueError("complete makes one sample; agenerate() makes n per prompt")
         state = self._state()
@@ -192,8 +192,7 @@ class OpenAIEngine(Engine):
             raise TeacherCallFailed(failure_reason(exc), _describe(exc), attempts) from exc
         finally:
             self._in_flight -= 1
-        gen.extra["retries"] = failures
-        return gen
+        return replace(gen, retries=failures)
 
     async def _call_once(self, client: openai.AsyncOpenAI, messages: Messages,
                          params: SamplingParams) -> Generation:
@@ -223,9 +222,14 @@ class OpenAIEngine(Engine):
             try:
                 return await self.agenerate_batch(batch, params)
             finally:
-                await self._state().client.close()
+                await self.release_loop()
 
         return run_sync(run_all())
+
+    async def release_loop(self) -> None:
+        state = self._per_loop.pop(asyncio.get_running_loop(), None)
+        if state is not None:
+            await state.client.close()
 
     def close(self) -> None:
         """Close the HTTP clients still open, each on its own loop. On the thread that runs a client's loop
@@ -263,16 +267,14 @@ def _to_generation(response: Any, latency: float, prompt_estimate: int) -> Gener
         raise MalformedResponse("the response has neither content nor reasoning")
     reasoning, answer = split_reasoning(message.content, separate)
     text = answer if reasoning is None else f"<think>{reasoning}</think>{answer}"
-    extra: dict[str, Any] = {"answer": answer}
     usage = getattr(response, "usage", None)
     if usage is not None:
         prompt_tokens, completion_tokens = usage.prompt_tokens, usage.completion_tokens
     else:  # some servers omit usage: estimate (about 4 characters a token) and say so
         prompt_tokens, completion_tokens = prompt_estimate, len(text) // 4
-        extra["usage_estimated"] = True
     logprobs = None
     if getattr(choice, "logprobs", None) is not None and choice.logprobs.content:
         logprobs = [t.logprob for t in choice.logprobs.content]
     return Generation(text=text, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                       latency_s=latency, finish_reason=choice.finish_reason or "stop", reasoning=reasoning,
-                      logprobs=logprobs, extra=extra)
+                      logprobs=logprobs, answer=answer, usage_estimated=usage is None)

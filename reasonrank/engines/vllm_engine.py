@@ -3,7 +3,8 @@
 Every prompt is a request of its own on one `AsyncLLM`: it joins the running batch the moment it is
 submitted and leaves it the moment it ends, so a window never waits for another's tokens; cancelling its
 caller aborts it in the engine. Prefix caching is on, so the windows of one query share their common
-prefix. The chat template is applied here (`reasonrank.prompt.render`), exactly as `LLM.chat` would.
+prefix. The chat template is applied here (`reasonrank.prompt.render`), exactly as `LLM.chat` would; a
+window the truncator already measured is not tokenised again (`reasonrank.prompt.prompt_token_ids`).
 
 Weight pushes for GRPO go through the worker's in-place reload (see `vllm_worker_extension`): the whole state
 dict in one update, as safetensors bytes (tensors do not survive vLLM's multi-process RPC) or a saved
@@ -27,7 +28,7 @@ from typing import Any
 from reasonrank.config import EngineConfig
 from reasonrank.engines.base import Engine, EngineInputError, Generation, Messages, SamplingParams
 from reasonrank.engines.engine_loop import EngineLoop
-from reasonrank.prompt import render
+from reasonrank.prompt import prompt_token_ids
 
 WORKER_EXTENSION = "reasonrank.engines.vllm_worker_extension.WeightReceiver"
 
@@ -163,7 +164,7 @@ class VLLMEngine(Engine):
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
 
-        prompt = self._tokenizer.encode(render(self._tokenizer, messages), add_special_tokens=False)
+        prompt = prompt_token_ids(self._tokenizer, messages)
         if len(prompt) >= self.config.max_model_len:
             raise EngineInputError(f"the prompt is {len(prompt)} tokens; the engine's context "
                                    f"(engine.max_model_len) holds {self.config.max_model_len}, answer included")
@@ -191,7 +192,7 @@ class VLLMEngine(Engine):
                 latency_s=latency, finish_reason=sample.finish_reason or "stop", token_ids=list(sample.token_ids),
                 logprobs=([step[token].logprob for step, token in zip(sample.logprobs, sample.token_ids)]
                           if params.logprobs else None),
-                extra={"weights_version": version},
+                weights_version=version,
             )
             for sample in final.outputs
         ]

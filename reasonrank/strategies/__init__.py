@@ -1,6 +1,7 @@
 """Ranking strategies. Each lives in its own module and registers itself by `name`."""
 from reasonrank.strategies.base import EngineCall, RankingStrategy
-from reasonrank.strategies.driver import arerank, drive, engine_windows, rerank
+from reasonrank.strategies.driver import drive, drive_requests, rank_requests
+from reasonrank.strategies.engine_windows import EngineWindows
 from reasonrank.strategies.iterative_elimination import IterativeElimination
 from reasonrank.strategies.one_shot import OneShot
 from reasonrank.strategies.parallel_blocks import ParallelBlocks
@@ -19,6 +20,6 @@ def build_strategy(name: str, **options) -> RankingStrategy:
     return cls(**options)
 
 
-__all__ = ["EngineCall", "RankingStrategy", "arerank", "drive", "engine_windows", "rerank", "OneShot", "SlidingWindow",
+__all__ = ["EngineCall", "RankingStrategy", "drive", "drive_requests", "rank_requests", "EngineWindows", "OneShot", "SlidingWindow",
            "IterativeElimination", "TopDownPartition", "ParallelBlocks", "window_spans", "STRATEGIES",
            "build_strategy"]

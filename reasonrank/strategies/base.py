@@ -53,6 +53,6 @@ class RankingStrategy(ABC):
             qid=request.query.qid, strategy=strategy, start=call.start, end=call.end,
             prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens,
             latency_s=gen.latency_s, well_formed=well_formed, finish_reason=gen.finish_reason,
-            response=gen.text, in_flight=gen.extra.get("in_flight", 1), depth=gen.extra.get("round", 0),
-            forced_answer=gen.extra.get("forced_answer", False), ranked=ranked,
+            response=gen.text, in_flight=gen.in_flight, round=gen.round,
+            forced_answer=gen.forced_answer, ranked=ranked,
         )

@@ -3,7 +3,7 @@ relevant of the remaining candidates, which is removed, until `stop_at` remain (
 
 The final ranking is the reverse elimination order under the remaining ones (kept in their current
 order), then the untouched tail below `depth`: always a permutation. A query takes depth - stop_at engine
-calls, one per round, so `rerank` batches step i of every query into one call. The remaining candidates
+calls, one per round, so the driver batches step i of every query into one call. The remaining candidates
 always end up on top, so each step is logged as the span (0, m) of the final list.
 """
 from __future__ import annotations

@@ -5,8 +5,8 @@ The top `depth` passages are cut into blocks of at most window_size twice: once 
 each passage meets two different sets of rivals and any two blocks of different cuts share about the same
 number of passages. All blocks are ranked at once; the ranking is each passage's share of the pairwise
 comparisons it won across its blocks (a passage at place p of a block of m wins m-1-p of m-1), ties in
-first-stage order. Sequential depth 1; with `rerank_top` the aggregated top window is ranked once more
-(depth 2). A block is logged with the span from its first to its last passage in first-stage order.
+first-stage order. One sequential round; with `rerank_top` the aggregated top window is ranked once more
+(two rounds). A block is logged with the span from its first to its last passage in first-stage order.
 """
 from __future__ import annotations
 

@@ -56,7 +56,7 @@ def reasoned(window: WindowFn, reasoning: ReasoningConfig) -> WindowFn:
         return replace(answer, prompt_tokens=first.prompt_tokens + answer.prompt_tokens,
                        completion_tokens=first.completion_tokens + answer.completion_tokens,
                        latency_s=first.latency_s + answer.latency_s, reasoning=None,
-                       extra={**answer.extra, **first.extra, "forced_answer": True})
+                       in_flight=first.in_flight, forced_answer=True)
 
     async def direct(call: EngineCall) -> Generation:
         return await continued(call, DIRECT_ANSWER)

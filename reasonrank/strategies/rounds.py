@@ -1,4 +1,4 @@
-"""A round of windows ranked at once: what the strategies that cut sequential depth share.
+"""A round of windows ranked at once: what the strategies that cut sequential rounds share.
 
 `rank_round` yields every window of the round to the driver as one list (they run concurrently), parses each
 answer into a complete ranking of its window (a malformed answer keeps the window's order) and logs each.

@@ -17,7 +17,7 @@ lie below the pivot).
 The list is: the candidates (ranked), the pivot, then everything below it in the order its window left it,
 then the first stage's tail beyond `depth`. Candidates beyond one window (rare: more than window_size -
 cutoff passages beat the pivot) follow the ranked ones unranked, as in the paper's single pass (buffer =
-window). For top-100 and windows of 20: 1 + 5 + 1 = 7 calls, depth 3, against the sliding window's 9 and 9.
+window). For top-100 and windows of 20: 1 + 5 + 1 = 7 calls in 3 sequential rounds, against the sliding window's 9 in 9.
 A partition window is logged with the span of the passages it compares with the pivot.
 """
 from __future__ import annotations

@@ -42,7 +42,7 @@ def as_structured(gen: Generation) -> str:
     (some reasoning APIs return the ranking alone in `content`)."""
     if "<answer>" in gen.text or gen.reasoning is None:
         return gen.text
-    return f"<think>{gen.reasoning}</think><answer>{gen.extra.get('answer', '')}</answer>"
+    return f"<think>{gen.reasoning}</think><answer>{gen.answer or ''}</answer>"
 
 
 def read_listwise(gen: Generation, size: int) -> ParsedRanking:
@@ -82,5 +82,5 @@ async def label_item(engine: OpenAIEngine, item: LabelItem, params: SamplingPara
                      "relevant": relevant, "order": order,
                      "prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens,
                      "latency_s": gen.latency_s, "finish_reason": gen.finish_reason,
-                     "attempts": len(gen.extra["retries"]) + 1, "retried_for": gen.extra["retries"],
+                     "attempts": len(gen.retries) + 1, "retried_for": gen.retries,
                      "labelled_at": time.time()}

@@ -1,8 +1,8 @@
-"""Strategies that cut sequential depth (top-down partitioning, parallel blocks), rounds of windows in the one
+"""Strategies that cut sequential rounds (top-down partitioning, parallel blocks), rounds of windows in the one
 driver, reasoning budgets and the direct mode.
 
 The window function here is a scripted model (a test double): it ranks each window's passages by relevance
-grades the test chooses (ties in the window's order), so every strategy's ranking, calls and depth are known
+grades the test chooses (ties in the window's order), so every strategy's ranking, calls and sequential rounds are known
 in advance, and the rankings are far from the first stage's order.
 """
 from __future__ import annotations
@@ -67,19 +67,19 @@ def test_tdpart_top_100_windows_of_20_in_three_rounds_and_seven_calls():
     ranked = run(TopDownPartition(window_size=20, depth=100, cutoff=10), 100, model)
     expected = sorted(range(100), key=lambda i: -grades.get(i, 0))
     assert ranked_ids(ranked) == expected != list(range(100))
-    assert (ranked.calls, ranked.depth) == (7, 3)  # the paper's setting: 1 + 5 + 1 windows in 3 rounds
-    assert [w.depth for w in ranked.windows] == [0, 1, 1, 1, 1, 1, 2]
+    assert (ranked.calls, ranked.rounds) == (7, 3)  # the paper's setting: 1 + 5 + 1 windows in 3 rounds
+    assert [w.round for w in ranked.windows] == [0, 1, 1, 1, 1, 1, 2]
     assert [len(docs(call)) for call in model.calls] == [20] * 7  # the last chunk of 4 is topped up to 20
     assert all(docs(call)[0] == 9 for call in model.calls[1:6])  # the pivot opens every partition window
     sliding = run(SlidingWindow(window_size=20, step=10, depth=100), 100, Scripted(grades))
-    assert (sliding.calls, sliding.depth) == (9, 9)
+    assert (sliding.calls, sliding.rounds) == (9, 9)
     assert ranked_ids(sliding)[:6] == expected[:6]
 
 
 def test_tdpart_stops_after_two_rounds_when_nothing_beats_the_pivot():
     ranked = run(TopDownPartition(window_size=20, depth=100, cutoff=10), 100, Scripted({5: 3, 2: 1}))
     assert ranked_ids(ranked) == [5, 2, 0, 1, 3, 4, *range(6, 100)]
-    assert (ranked.calls, ranked.depth) == (6, 2)
+    assert (ranked.calls, ranked.rounds) == (6, 2)
 
 
 def reverse(call, order):
@@ -109,7 +109,7 @@ def test_tdpart_over_one_window_is_one_call_and_keeps_the_tail():
     strategy = TopDownPartition(window_size=10, depth=8, cutoff=5)
     ranked = run(strategy, 12, Scripted({7: 1, 10: 5}))
     assert ranked_ids(ranked) == [7, 0, 1, 2, 3, 4, 5, 6, 8, 9, 10, 11]  # 10 and 11 lie below depth
-    assert (ranked.calls, ranked.depth) == (1, 1)
+    assert (ranked.calls, ranked.rounds) == (1, 1)
 
 
 def test_parallel_blocks_one_round_of_overlapping_blocks_aggregated_by_wins():
@@ -118,10 +118,10 @@ def test_parallel_blocks_one_round_of_overlapping_blocks_aggregated_by_wins():
     ranked = run(ParallelBlocks(window_size=4, depth=8), 8, Scripted(grades))
     # wins over 6 comparisons each: 3 and 6 win all (3 first: earlier), 0 wins 4, 1 3, 4 and 5 2, 2 1, 7 none
     assert ranked_ids(ranked) == [3, 6, 0, 1, 4, 5, 2, 7]
-    assert (ranked.calls, ranked.depth) == (4, 1)
+    assert (ranked.calls, ranked.rounds) == (4, 1)
     refined = run(ParallelBlocks(window_size=4, depth=8, rerank_top=True), 8, Scripted(grades))
     assert ranked_ids(refined) == [6, 3, 0, 1, 4, 5, 2, 7]
-    assert (refined.calls, refined.depth) == (5, 2)
+    assert (refined.calls, refined.rounds) == (5, 2)
 
 
 def test_parallel_blocks_top_100_windows_of_20_is_one_round():
@@ -130,12 +130,12 @@ def test_parallel_blocks_top_100_windows_of_20_is_one_round():
     ranked = run(ParallelBlocks(window_size=20, depth=100), 100, model)
     # 0 meets neither relevant passage and wins both its blocks, as 42 does: a win rate ranks block winners
     assert ranked_ids(ranked)[:2] == [0, 42] and 97 in ranked_ids(ranked)[:20]
-    assert (ranked.calls, ranked.depth) == (10, 1)
+    assert (ranked.calls, ranked.rounds) == (10, 1)
     assert max(len(docs(call)) for call in model.calls) <= 20
     assert sorted(d for call in model.calls for d in docs(call)) == sorted(list(range(100)) * 2)
     refined = run(ParallelBlocks(window_size=20, depth=100, rerank_top=True), 100, Scripted(grades))
     assert ranked_ids(refined)[:3] == [42, 97, 0]
-    assert (refined.calls, refined.depth) == (11, 2)
+    assert (refined.calls, refined.rounds) == (11, 2)
 
 
 @pytest.mark.parametrize("strategy", [TopDownPartition(window_size=10, depth=50, cutoff=5),
@@ -159,7 +159,7 @@ def test_a_round_runs_its_windows_at_once():
         return await Scripted({})(call)
 
     ranked = run(ParallelBlocks(window_size=10, depth=25), 25, window)
-    assert (ranked.calls, ranked.depth) == (6, 1)
+    assert (ranked.calls, ranked.rounds) == (6, 1)
 
 
 def test_forced_answer_prefix_closes_what_was_cut():
@@ -199,7 +199,7 @@ def test_a_window_cut_by_its_budget_answers_with_the_forced_answer():
     assert window.forced_answer and window.well_formed and window.response.startswith("<think>hmm")
     assert (window.prompt_tokens, window.completion_tokens) == (50 + 80, 20 + 5)  # both calls counted
     assert [c.max_new_tokens for c in model.calls] == [20, 64]
-    assert (ranked.calls, ranked.depth) == (1, 1)
+    assert (ranked.calls, ranked.rounds) == (1, 1)
     # the same cut without budget forcing has no answer: the window keeps its order
     cut = run(SlidingWindow(window_size=5, step=5, depth=5), 5, _capped(budget_model(grades), 20))
     assert ranked_ids(cut) == [0, 1, 2, 3, 4] and not cut.windows[0].well_formed
@@ -262,13 +262,13 @@ def test_a_local_engine_forces_the_answer_after_its_budget(tiny_model_dir):
     from reasonrank.config import EngineConfig
     from reasonrank.engines.base import SamplingParams
     from reasonrank.engines.hf_engine import TransformersEngine
-    from reasonrank.strategies import rerank
+    from reasonrank.strategies import rank_requests
 
     engine = TransformersEngine(EngineConfig(backend="transformers", model=str(tiny_model_dir), dtype="float32"))
     try:
         strategy = parse_config({"window_size": 4, "step": 4, "depth": 4, "reasoning": {
             "mode": "budget", "budget_tokens": 6, "answer_tokens": 24}}, StrategyConfig).build()
-        (ranked,) = rerank(engine, strategy, [request(4)], SamplingParams(max_new_tokens=256))
+        (ranked,) = rank_requests(engine, strategy, [request(4)], SamplingParams(max_new_tokens=256))
     finally:
         engine.close()
     (window,) = ranked.windows
