@@ -24,13 +24,12 @@ from typing import Any
 
 import yaml
 
-from reasonrank.config import (EngineConfig, SamplingConfig, StrategyConfig, Strict, apply_overrides,
-                               parse_config)
+from reasonrank.config import EngineConfig, SamplingConfig, Strict, apply_overrides, parse_config
 from reasonrank.engines import build_engine
 from reasonrank.engines.base import Engine, Generation, run_sync
 from reasonrank.prompt import PassageTruncator
 from reasonrank.scores import ScoreKind, check_score, scores
-from reasonrank.strategies import EngineCall, arerank, drive, engine_windows
+from reasonrank.strategies import EngineCall, StrategyConfig, arerank, drive, engine_windows
 from reasonrank.strategies.reasoning import WindowFn
 from reasonrank.types import Candidate, Query, RankedList, RerankRequest, WindowLog, WindowTotals
 
@@ -91,7 +90,7 @@ class Reranker:
         with wherever it does not set its own. `options`: those of the constructor."""
         if engine.backend != "openai":
             strategy = strategy.for_model(engine.model, log)
-        return cls(build_engine(engine), strategy, sampling, context_tokens=engine.max_model_len, owns_engine=True,
+        return cls(build_engine(engine), strategy, sampling, context_tokens=engine.context_tokens, owns_engine=True,
                    **options)
 
     @classmethod
@@ -110,7 +109,7 @@ class Reranker:
         """A reranker from a serve or evaluate YAML config (its `engine`, `strategy` and `sampling`, and its
         windows in flight); `overrides` are dotted keys, as `--set` takes them."""
         with open(path, encoding="utf-8") as f:
-            data = apply_overrides(yaml.safe_load(f) or {}, dict(overrides or {}))
+            data = apply_overrides(yaml.safe_load(f) or {}, dict(overrides or {}), _Pieces)
         pieces = parse_config({k: data[k] for k in _Pieces.model_fields if k in data}, _Pieces, os.fspath(path))
         in_flight = data.get("max_windows_in_flight") or data.get("windows_in_flight_per_replica") or 64
         return cls.build(pieces.engine, pieces.strategy, pieces.sampling, score=score,

@@ -37,12 +37,12 @@ from pydantic import BaseModel
 from ray import serve
 from ray.serve import Application
 
-from reasonrank.config import ConfigError, StrategyConfig, load_config
+from reasonrank.config import ConfigError, load_config
 from reasonrank.engines.base import EngineInputError, Generation, Messages, SamplingParams
 from reasonrank.prompt import PromptTooLong
 from reasonrank.reranker import DocumentRanking, Reranker as ModelReranker
 from reasonrank.scores import ScoreUnavailable
-from reasonrank.strategies import EngineCall
+from reasonrank.strategies import EngineCall, StrategyConfig
 from serve.auth import BearerAuth
 from serve.body import parse_request
 from serve.config import ServeConfig
