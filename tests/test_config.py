@@ -156,3 +156,11 @@ def test_every_stage_composes_the_one_prompt_piece():
     for model in (*CONFIGS, DemoSetConfig, TeacherConfig, RolloutConfig):
         assert {k: repr(f) for k, f in model.model_fields.items() if k in PromptConfig.model_fields} == \
             {k: repr(f) for k, f in PromptConfig.model_fields.items() if k in model.model_fields}  # declared once
+
+
+def test_the_configuration_page_lists_the_keys_the_models_declare():
+    from reasonrank.config_reference import reference
+
+    page = (CONFIGS.parent / "docs" / "configuration.md").read_text()
+    assert reference() in page, "regenerate the tables: python -m reasonrank.config_reference"
+    assert "| `one_shot` | `passage_max_tokens` (512), `depth` (100), `reasoning`" in reference()

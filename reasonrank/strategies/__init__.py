@@ -48,4 +48,6 @@ def overridden(base: StrategyParams, keys: Mapping[str, Any]) -> dict[str, Any]:
 
 __all__ = ["EngineCall", "RankingStrategy", "StrategyParams", "StrategyConfig", "CONFIGS", "arerank", "drive",
            "engine_windows", "rerank", "OneShot", "SlidingWindow", "IterativeElimination", "TopDownPartition",
-           "ParallelBlocks", "window_spans", "STRATEGIES", "build_strategy", "overridden"]
+           "ParallelBlocks", "SlidingWindowConfig", "OneShotConfig", "IterativeEliminationConfig",
+           "TopDownPartitionConfig", "ParallelBlocksConfig", "window_spans", "STRATEGIES", "build_strategy",
+           "overridden"]
