@@ -1,7 +1,9 @@
 """Typed configuration: YAML files validated into pydantic models, errors naming the offending key.
 
 Each job defines its own top-level model from these parts; `load_config(path, Model)` reads and validates.
-Unknown keys are errors (`extra="forbid"`), so a misspelled key is reported instead of ignored.
+Unknown keys are errors (`extra="forbid"`), so a misspelled key is reported instead of ignored. A piece that
+names one of several parts (`engine.backend` here, `strategy.name` in `reasonrank.strategies`) is a `OneOf`:
+each part's model declares the keys it reads, and a key the chosen part does not read is an error naming both.
 """
 from __future__ import annotations
 
