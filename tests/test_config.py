@@ -54,6 +54,19 @@ def test_shipped_evaluate_configs_build_the_strategy_they_describe(path):
         {k: written[k] for k in ("window_size", "step", "depth")}
 
 
+def test_every_shipped_job_config_loads():
+    from jobs.grpo import GRPOConfig
+    from jobs.sft_config import SFTConfig
+    from jobs.synthesize import SynthesizeConfig
+    from serve.config import ServeConfig
+
+    models = {"evaluate": EvaluateConfig, "grpo": GRPOConfig, "serve": ServeConfig, "sft": SFTConfig,
+              "synthesize": SynthesizeConfig}
+    loaded = [load_config(p, models[p.name.split("-")[0]]) for p in sorted(CONFIGS.glob("*.yaml"))
+              if p.name.split("-")[0] in models]
+    assert {type(cfg) for cfg in loaded} == set(models.values())
+
+
 # Each strategy's config with values that are none of its defaults, and the strategy it must build from them.
 BUILT = [
     ({"name": "sliding_window", "window_size": 7, "step": 3, "depth": 30}, "SlidingWindow",
