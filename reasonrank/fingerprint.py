@@ -5,7 +5,8 @@ run, synthesis's labels). A folder is only worth resuming from if the rerun woul
 thing: the same model, data, strategy, sampling and seeds. The first run writes `fingerprint.json` — its
 config flattened to dotted keys, less the keys that only say where or how fast it runs (output folders,
 replicas, CPUs, retries, logging) — and a rerun whose fingerprint differs is refused before any work,
-naming the keys that changed.
+naming the keys that changed. An engine or a strategy holds only the keys it reads (`OneOf`), so a key the
+chosen part would ignore cannot be set, nor change a fingerprint.
 """
 from __future__ import annotations
 
@@ -17,14 +18,13 @@ from typing import Any
 from pydantic import BaseModel
 
 from reasonrank import storage
-from reasonrank.config import ConfigError
+from reasonrank.config import ConfigError, EngineConfig, is_runtime
 
 FILE = "fingerprint.json"
 
-# Engine keys that change how fast or where an engine runs, never what it generates.
-ENGINE_RUNTIME = ("tensor_parallel_size", "gpu_memory_utilization", "cpu_kvcache_gib", "enforce_eager",
-                  "api_key_env", "max_concurrency", "request_timeout_s", "max_retries", "retry_backoff_s",
-                  "retry_max_backoff_s", "requests_per_s", "tokens_per_min")
+# Engine keys that change how fast or where an engine runs, never what it generates (as the backends mark them).
+ENGINE_RUNTIME = tuple(sorted({key for backend in EngineConfig.members for key, field in backend.model_fields.items()
+                               if is_runtime(field)}))
 # Keys that never determine results, wherever they appear (glob patterns over dotted keys).
 ALWAYS_IGNORED = ("output_dir", "ray_num_cpus", "replicas", "*.replicas", "num_cpus", "*.num_cpus",
                   "num_gpus", "*.num_gpus", "num_cpus_per_replica", "num_gpus_per_replica",

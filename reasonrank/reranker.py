@@ -27,14 +27,13 @@ from typing import Any, TypeVar
 
 import yaml
 
-from reasonrank.config import (EngineConfig, SamplingConfig, StrategyConfig, Strict, apply_overrides,
-                               parse_config)
+from reasonrank.config import EngineConfig, SamplingConfig, Strict, apply_overrides, parse_config
 from reasonrank.engines import build_engine
 from reasonrank.engines.base import Engine
 from reasonrank.engines.engine_loop import EngineLoop
 from reasonrank.prompt import PassageTruncator
 from reasonrank.scores import ScoreKind, check_score, scores
-from reasonrank.strategies import EngineWindows, drive, drive_requests
+from reasonrank.strategies import EngineWindows, StrategyConfig, drive, drive_requests
 from reasonrank.types import Candidate, Query, RankedList, RerankRequest, WindowLog, WindowTotals
 
 T = TypeVar("T")
@@ -97,7 +96,7 @@ class Reranker:
             strategy = strategy.for_model(engine.model, log)
         running = build_engine(engine)
         return cls(running if wrap_engine is None else wrap_engine(running), strategy, sampling,
-                   context_tokens=engine.max_model_len, owns_engine=True, **options)
+                   context_tokens=engine.context_tokens, owns_engine=True, **options)
 
     @classmethod
     def from_model(cls, model: str, backend: str = "vllm", strategy: str | StrategyConfig = "sliding_window",
@@ -115,7 +114,7 @@ class Reranker:
         """A reranker from a serve or evaluate YAML config (its `engine`, `strategy` and `sampling`, and its
         windows in flight); `overrides` are dotted keys, as `--set` takes them."""
         with open(path, encoding="utf-8") as f:
-            data = apply_overrides(yaml.safe_load(f) or {}, dict(overrides or {}))
+            data = apply_overrides(yaml.safe_load(f) or {}, dict(overrides or {}), _Pieces)
         pieces = parse_config({k: data[k] for k in _Pieces.model_fields if k in data}, _Pieces, os.fspath(path))
         in_flight = data.get("max_windows_in_flight") or data.get("windows_in_flight_per_replica") or 64
         return cls.build(pieces.engine, pieces.strategy, pieces.sampling, score=score,

@@ -39,8 +39,9 @@ from pydantic import BaseModel
 from ray import serve
 from ray.serve import Application
 
-from reasonrank.config import ConfigError, StrategyConfig, load_config
+from reasonrank.config import ConfigError, load_config
 from reasonrank.reranker import DocumentRanking, Reranker
+from reasonrank.strategies import StrategyConfig
 from serve.auth import BearerAuth
 from serve.body import parse_request
 from serve.config import ServeConfig

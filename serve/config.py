@@ -9,8 +9,9 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from reasonrank.config import EngineConfig, SamplingConfig, StrategyConfig, Strict
+from reasonrank.config import EngineConfig, SamplingConfig, Strict
 from reasonrank.scores import ScoreKind, ScoreUnavailable, check_score
+from reasonrank.strategies import StrategyConfig
 
 
 class Autoscaling(Strict):
@@ -100,8 +101,8 @@ class ServeConfig(Strict):
     @model_validator(mode="after")
     def _gpus_cover_tensor_parallel(self) -> "ServeConfig":
         gpus = self.deployment.resources.num_gpus
-        tp = self.engine.tensor_parallel_size
-        if self.engine.backend == "vllm" and gpus > 0 and gpus < tp:
+        tp = self.engine.tensor_parallel_size if self.engine.backend == "vllm" else 1
+        if gpus > 0 and gpus < tp:
             raise ValueError(f"deployment.resources.num_gpus ({gpus}) is less than "
                              f"engine.tensor_parallel_size ({tp}); one replica needs a GPU per shard")
         return self

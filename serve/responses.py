@@ -7,7 +7,7 @@ the windows the model ranked it high in, can be thresholded. Neither is a calibr
 """
 from __future__ import annotations
 
-from reasonrank.config import StrategyConfig
+from reasonrank.strategies import StrategyConfig
 from reasonrank.parsing import extract_answer, extract_reasoning
 from reasonrank.reranker import DocumentRanking
 from serve.schema import (ApiVersion, CohereMeta, CohereResponse, CompatibleRequest, JinaResponse, JinaUsage,

@@ -11,8 +11,9 @@ from typing import Annotated, Any, Literal
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
                       model_validator)
 
-from reasonrank.config import ReasoningConfig, StrategyConfig
+from reasonrank.config import ReasoningConfig
 from reasonrank.scores import ScoreKind
+from reasonrank.strategies import StrategyConfig, overridden
 
 
 class RequestDocument(BaseModel):
@@ -129,7 +130,7 @@ class StrategyOverride(BaseModel):
     def apply(self, base: StrategyConfig) -> StrategyConfig:
         """The server's strategy with these overrides, validated whole; ValueError naming each field at fault
         (a sliding window that would skip passages, a tdpart cutoff outside its window, …)."""
-        merged = {**base.model_dump(), **self.model_dump(exclude_none=True)}
+        merged = overridden(base, self.model_dump(exclude_none=True))
         if merged["name"] == "sliding_window" and merged["step"] > merged["window_size"]:
             raise ValueError(f"strategy.step ({merged['step']}) is larger than strategy.window_size "
                              f"({merged['window_size']}): passages between windows would never be ranked")

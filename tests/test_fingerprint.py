@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from reasonrank import fingerprint, storage
 from reasonrank.config import apply_overrides, load_config, parse_config
@@ -118,18 +119,87 @@ def test_synthesize_refuses_labels_of_another_teacher(demo_data, tmp_path):
     assert sorted(p.name for p in (tmp_path / "synth").iterdir()) == ["fingerprint.json"]
 
 
-def test_evaluate_ranks_with_the_prompt_its_model_carries(demo_data, tmp_path):
+def test_evaluate_ranks_with_the_prompt_its_model_carries(demo_data, tiny_model_dir, ray_cluster, tmp_path):
+    """A model trained on windows of 6 passages cut to 8 tokens: evaluate ranks its windows so, though its
+    config sets neither (the strategy's own defaults would be one window of 20 passages of 512 tokens)."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
     from jobs.evaluate import EvaluateConfig, evaluate
     from reasonrank.config import PromptConfig, save_prompt
+    from reasonrank.prompt import PassageTruncator, listwise_messages, render
 
     model = str(tmp_path / "sft" / "final")
-    save_prompt(model, PromptConfig(window_size=6, passage_max_tokens=48))
-    cfg = parse_config({"strategy": {"step": 5, "depth": 20}, "engine": {"model": model},
-                        "data": {"demo_dir": str(demo_data.root), "limit": 2}, "output_dir": str(tmp_path / "eval")},
+    shutil.copytree(tiny_model_dir, model)
+    save_prompt(model, PromptConfig(window_size=6, passage_max_tokens=8))
+    cfg = parse_config({"strategy": {"step": 5, "depth": 20}, "sampling": {"max_new_tokens": 4},
+                        "engine": {"backend": "transformers", "model": model, "dtype": "float32"},
+                        "data": {"demo_dir": str(demo_data.root), "limit": 1}, "output_dir": str(tmp_path / "eval")},
                        EvaluateConfig)
-    storage.write_jsonl_atomic(str(tmp_path / "eval" / "parts" / "part-00000.jsonl"), [
-        {"qid": r.query.qid, "docids": [c.docid for c in r.candidates], "windows": []}
-        for r in cfg.data.load().requests(cfg.data.first_stage_depth)])
     evaluate(cfg)
     used = json.loads((tmp_path / "eval" / "fingerprint.json").read_text())["fingerprint"]
-    assert (used["strategy.window_size"], used["strategy.passage_max_tokens"]) == (6, 48)
+    assert (used["strategy.window_size"], used["strategy.passage_max_tokens"]) == (6, 8)
+    (ranked,) = [json.loads(line) for part in sorted((tmp_path / "eval" / "parts").iterdir())
+                 for line in part.read_text().splitlines()]
+    assert [(w["start"], w["end"]) for w in ranked["windows"]] == [(14, 20), (9, 15), (4, 10), (0, 5)]
+    request = cfg.data.load().requests(cfg.data.first_stage_depth)[0]
+    tokenizer = AutoTokenizer.from_pretrained(model)
+
+    def prompt_tokens(passage_max_tokens: int | None) -> int:  # the bottom window: first-stage ranks 14..19
+        truncate = PassageTruncator(tokenizer, passage_max_tokens, cfg.engine.max_model_len, 4)
+        messages = listwise_messages(request.query.text, [c.text for c in request.candidates[14:20]], truncate)
+        return len(tokenizer(render(tokenizer, messages), add_special_tokens=False).input_ids)
+
+    assert ranked["windows"][0]["prompt_tokens"] == prompt_tokens(8) < prompt_tokens(None)
+
+
+# A part reads some keys; the others cannot change what it ranks. The tiny profile's file keeps its sliding window
+# settings and its vLLM seed while a run picks another strategy and backend on the command line.
+ONE_SHOT_ON_TRANSFORMERS = {"strategy.name": "one_shot", "engine.backend": "transformers"}
+
+
+def _tiny_evaluate(tmp_path, name: str, edits: dict, overrides: dict):
+    from jobs.evaluate import EvaluateConfig
+
+    data = apply_overrides(yaml.safe_load((CONFIGS / "evaluate-tiny.yaml").read_text()), edits)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return load_config(path, EvaluateConfig, {"output_dir": str(tmp_path / "eval"), **overrides})
+
+
+def test_keys_the_chosen_parts_do_not_read_leave_the_fingerprint_and_the_run_resumes(tmp_path):
+    from jobs.evaluate import results_fingerprint
+
+    first = _tiny_evaluate(tmp_path, "first.yaml", {}, ONE_SHOT_ON_TRANSFORMERS)
+    keys = results_fingerprint(first)
+    assert not {"strategy.window_size", "strategy.step", "engine.seed", "engine.enforce_eager"} & keys.keys()
+    assert (keys["strategy.name"], keys["engine.backend"], keys["strategy.depth"]) == ("one_shot", "transformers", 20)
+    assert fingerprint.check_and_record(first.output_dir, "evaluate", keys) is False
+    edited = _tiny_evaluate(tmp_path, "edited.yaml", {"strategy.window_size": 6, "strategy.step": 3,
+                                                      "engine.seed": 7}, ONE_SHOT_ON_TRANSFORMERS)
+    assert fingerprint.check_and_record(edited.output_dir, "evaluate", results_fingerprint(edited)) is True
+
+
+@pytest.mark.parametrize("edits,changed", [
+    ({"strategy.depth": 12}, "strategy.depth: 20 → 12"),
+    ({"engine.dtype": "bfloat16"}, 'engine.dtype: "float32" → "bfloat16"'),
+])
+def test_a_key_the_chosen_part_reads_refuses_the_resume_naming_it(tmp_path, edits, changed):
+    from jobs.evaluate import results_fingerprint
+
+    first = _tiny_evaluate(tmp_path, "first.yaml", {}, ONE_SHOT_ON_TRANSFORMERS)
+    fingerprint.check_and_record(first.output_dir, "evaluate", results_fingerprint(first))
+    edited = _tiny_evaluate(tmp_path, "edited.yaml", edits, ONE_SHOT_ON_TRANSFORMERS)
+    with pytest.raises(FingerprintMismatch) as refused:
+        fingerprint.check_and_record(edited.output_dir, "evaluate", results_fingerprint(edited))
+    assert changed in str(refused.value) and str(refused.value).count("→") == 1
+
+
+def test_vllm_reads_its_seed(tmp_path):
+    from jobs.evaluate import results_fingerprint
+
+    first, seeded = (_tiny_evaluate(tmp_path, f"{seed}.yaml", {"engine.seed": seed}, {}) for seed in (0, 7))
+    fingerprint.check_and_record(first.output_dir, "evaluate", results_fingerprint(first))
+    with pytest.raises(FingerprintMismatch, match="engine.seed: 0 → 7"):
+        fingerprint.check_and_record(seeded.output_dir, "evaluate", results_fingerprint(seeded))

@@ -11,12 +11,12 @@ import re
 
 import pytest
 
-from reasonrank.config import ConfigError, StrategyConfig, parse_config
+from reasonrank.config import ConfigError, parse_config
 from reasonrank.elimination import elimination_messages, parse_elimination
 from reasonrank.elimination_reward import EliminationRewardWeights, elimination_step_reward
 from reasonrank.engines.base import Engine, Generation, SamplingParams
 from reasonrank.prompt import PassageTruncator
-from reasonrank.strategies import IterativeElimination, build_strategy, rank_requests
+from reasonrank.strategies import IterativeElimination, StrategyConfig, build_strategy, rank_requests
 from reasonrank.types import Candidate, Query, RerankRequest
 
 _PASSAGE = re.compile(r"^\[(\d+)\] grade (\d+)", flags=re.M)

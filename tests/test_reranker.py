@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from reasonrank import Reranker
-from reasonrank.config import StrategyConfig
 from reasonrank.engines.base import Engine
+from reasonrank.strategies import StrategyConfig
 from reasonrank.scores import ScoreUnavailable, relevance_score, window_votes
 from reasonrank.strategies import window_spans
 from reasonrank.teacher.simulated import SimulatedTeacher, SimulationConfig

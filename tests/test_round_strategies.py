@@ -12,11 +12,11 @@ import re
 
 import pytest
 
-from reasonrank.config import ConfigError, ReasoningConfig, StrategyConfig, parse_config
+from reasonrank.config import ConfigError, ReasoningConfig, parse_config
 from reasonrank.engines.base import Generation
 from reasonrank.parsing import format_answer
 from reasonrank.prompt import PassageTruncator, render
-from reasonrank.strategies import ParallelBlocks, SlidingWindow, TopDownPartition, drive
+from reasonrank.strategies import ParallelBlocks, SlidingWindow, StrategyConfig, TopDownPartition, drive
 from reasonrank.strategies.base import EngineCall, RankingStrategy
 from reasonrank.strategies.parallel_blocks import block_design
 from reasonrank.strategies.reasoning import forced_answer_prefix

@@ -11,16 +11,20 @@ which sequential round it ran in.
 Every strategy carries its reasoning mode and budget (`reasoning`, from its config), which the driver applies
 to each of its windows (`reasonrank.strategies.reasoning`).
 
-Adding a strategy is adding a subclass; nothing else changes.
+Each strategy's module declares, beside the strategy, its config: a `StrategyParams` holding exactly the keys
+that strategy reads. Adding a strategy is adding a subclass and its config, and listing the config in the
+registry (`reasonrank.strategies`).
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Generator
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from reasonrank.config import ReasoningConfig
+from pydantic import Field
+
+from reasonrank.config import PassageBudget, ReasoningConfig, model_prompt
 from reasonrank.engines.base import Generation, Messages
 from reasonrank.prompt import PassageTruncator
 from reasonrank.types import RankedList, RerankRequest, WindowLog
@@ -56,3 +60,43 @@ class RankingStrategy(ABC):
             response=gen.text, in_flight=gen.in_flight, round=gen.round,
             forced_answer=gen.forced_answer, ranked=ranked,
         )
+
+
+class StrategyParams(PassageBudget):
+    """What every strategy reads: its name, the top-k it reranks (`depth`), how many tokens each passage keeps
+    and how much each window may reason. A strategy's own config adds the keys it reads besides, and names
+    the strategy it builds (`implementation`, whose constructor takes those keys)."""
+
+    name: str
+    depth: int | None = Field(100, ge=1)  # rerank the top-k of the first stage
+    reasoning: ReasoningConfig = ReasoningConfig()
+
+    implementation: ClassVar[type[RankingStrategy]]
+    NOT_FOR_THE_STRATEGY: ClassVar[frozenset[str]] = frozenset({"name", "passage_max_tokens", "reasoning"})
+
+    def build(self) -> RankingStrategy:
+        """The strategy this config names, reasoning as `reasoning` says."""
+        strategy = self.implementation(**{key: getattr(self, key) for key in type(self).model_fields
+                                          if key not in self.NOT_FOR_THE_STRATEGY})
+        strategy.reasoning = self.reasoning
+        return strategy
+
+    def for_model(self, model: str, log: Any) -> StrategyParams:
+        """This strategy with the prompt settings `model` was trained with (those this strategy reads), where
+        this config does not set them itself; each setting the config overrides, and differs from the model's,
+        is logged."""
+        trained = model_prompt(model)
+        if trained is None:
+            return self
+        update = {}
+        for key, value in trained.model_dump().items():
+            if key not in type(self).model_fields:
+                continue
+            if key not in self.model_fields_set:
+                update[key] = value
+            elif getattr(self, key) != value:
+                log.warning("strategy.%s = %s overrides the %s that %s was trained with", key, getattr(self, key),
+                            value, model)
+        if update:
+            log.info("prompt settings from %s: %s", model, update)
+        return self.model_validate({**self.model_dump(exclude_unset=True), **update})

@@ -8,9 +8,13 @@ always end up on top, so each step is logged as the span (0, m) of the final lis
 """
 from __future__ import annotations
 
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
 from reasonrank.elimination import elimination_messages, parse_elimination
 from reasonrank.prompt import PassageTruncator
-from reasonrank.strategies.base import EngineCall, RankingStrategy, Steps
+from reasonrank.strategies.base import EngineCall, RankingStrategy, Steps, StrategyParams
 from reasonrank.types import RankedList, RerankRequest
 
 
@@ -37,3 +41,11 @@ class IterativeElimination(RankingStrategy):
             logs.append(self.window_log(request, self.name, call, gen, parsed.well_formed))
         ranked = remaining + eliminated[::-1] + list(request.candidates[depth:])
         return RankedList(request.query.qid, ranked, logs)
+
+
+class IterativeEliminationConfig(StrategyParams):
+    """Each step shows every remaining candidate: no window_size of its own."""
+
+    implementation: ClassVar = IterativeElimination
+    name: Literal[IterativeElimination.name] = IterativeElimination.name
+    stop_at: int = Field(1, ge=1)  # stop when this many remain, keeping their order

@@ -1,7 +1,9 @@
 """One-shot full-list ranking (R1-Ranker's DRanker): the whole top-k in a single window."""
 from __future__ import annotations
 
-from reasonrank.strategies.base import RankingStrategy, Steps
+from typing import ClassVar, Literal
+
+from reasonrank.strategies.base import RankingStrategy, Steps, StrategyParams
 from reasonrank.strategies.sliding_window import SlidingWindow
 from reasonrank.prompt import PassageTruncator
 from reasonrank.types import RerankRequest
@@ -18,3 +20,10 @@ class OneShot(RankingStrategy):
         whole = SlidingWindow(window_size=max(n, 1), step=max(n, 1), depth=n)
         whole.name = self.name
         return (yield from whole.steps(request, truncate))
+
+
+class OneShotConfig(StrategyParams):
+    """The whole top-k is one window: no window_size of its own."""
+
+    implementation: ClassVar = OneShot
+    name: Literal[OneShot.name] = OneShot.name

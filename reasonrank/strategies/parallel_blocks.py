@@ -10,8 +10,11 @@ first-stage order. One sequential round; with `rerank_top` the aggregated top wi
 """
 from __future__ import annotations
 
+from typing import ClassVar, Literal
+
+from reasonrank.config import PromptConfig
 from reasonrank.prompt import PassageTruncator
-from reasonrank.strategies.base import RankingStrategy, Steps
+from reasonrank.strategies.base import RankingStrategy, Steps, StrategyParams
 from reasonrank.strategies.rounds import even_chunks, rank_round
 from reasonrank.types import RankedList, RerankRequest
 
@@ -52,3 +55,9 @@ class ParallelBlocks(RankingStrategy):
             (order,) = yield from rank_round(self, request, truncate, [top], [(0, len(top))], logs)
             ranked[:len(top)] = [top[i] for i in order]
         return RankedList(request.query.qid, ranked + tail, logs)
+
+
+class ParallelBlocksConfig(StrategyParams, PromptConfig):
+    implementation: ClassVar = ParallelBlocks
+    name: Literal[ParallelBlocks.name] = ParallelBlocks.name
+    rerank_top: bool = False  # rank the aggregated top window once more (one more round)

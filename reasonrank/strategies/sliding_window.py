@@ -1,9 +1,14 @@
 """The paper's sliding window: windows of 20, step 10, from the bottom of the top-k to the top."""
 from __future__ import annotations
 
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from reasonrank.config import PromptConfig
 from reasonrank.parsing import parse_ranking
 from reasonrank.prompt import PassageTruncator, listwise_messages
-from reasonrank.strategies.base import EngineCall, RankingStrategy, Steps
+from reasonrank.strategies.base import EngineCall, RankingStrategy, Steps, StrategyParams
 from reasonrank.types import RankedList, RerankRequest
 
 
@@ -46,3 +51,16 @@ class SlidingWindow(RankingStrategy):
             logs.append(self.window_log(request, self.name, call, gen, parsed.well_formed,
                                         [c.docid for c in ranked[start:end]]))
         return RankedList(request.query.qid, ranked, logs)
+
+
+class SlidingWindowConfig(StrategyParams, PromptConfig):
+    implementation: ClassVar = SlidingWindow
+    name: Literal[SlidingWindow.name] = SlidingWindow.name
+    step: int = Field(10, ge=1)
+
+    @model_validator(mode="after")
+    def _step_within_window(self) -> SlidingWindowConfig:
+        if self.step > self.window_size:
+            raise ValueError(f"step ({self.step}) must not exceed window_size ({self.window_size}): "
+                             "passages between windows would never be ranked")
+        return self

@@ -22,8 +22,13 @@ A partition window is logged with the span of the passages it compares with the 
 """
 from __future__ import annotations
 
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from reasonrank.config import PromptConfig
 from reasonrank.prompt import PassageTruncator
-from reasonrank.strategies.base import RankingStrategy, Steps
+from reasonrank.strategies.base import RankingStrategy, Steps, StrategyParams
 from reasonrank.strategies.rounds import rank_round
 from reasonrank.types import RankedList, RerankRequest
 
@@ -65,3 +70,16 @@ class TopDownPartition(RankingStrategy):
                                              [(0, len(head) + len(fill))], logs)
             above = [head[i] for i in order if i < len(head)] + above[size:]
         return RankedList(request.query.qid, above + [pivot] + below + tail, logs)
+
+
+class TopDownPartitionConfig(StrategyParams, PromptConfig):
+    implementation: ClassVar = TopDownPartition
+    name: Literal[TopDownPartition.name] = TopDownPartition.name
+    cutoff: int | None = Field(None, ge=1)  # the pivot's 0-based rank in the top window (None: half)
+
+    @model_validator(mode="after")
+    def _cutoff_within_window(self) -> TopDownPartitionConfig:
+        if self.cutoff is not None and self.cutoff >= self.window_size:
+            raise ValueError(f"cutoff ({self.cutoff}) must be below window_size ({self.window_size}): the pivot "
+                             "is the passage at that rank of the top window")
+        return self
