@@ -26,7 +26,8 @@ def tiny_overrides(model: Path, demo, output_dir: Path, **extra) -> dict:
 
 @pytest.fixture(scope="module")
 def grpo_run(ray_cluster, demo_data, briefly_tuned_model, tmp_path_factory):
-    from jobs.grpo import GRPOConfig, GRPOTrainer
+    from jobs.grpo import GRPOTrainer
+    from jobs.grpo_config import GRPOConfig
 
     root = tmp_path_factory.mktemp("grpo")
     model = briefly_tuned_model
@@ -145,7 +146,8 @@ def test_reports_hold_what_the_run_did(grpo_run):
 def test_paper_profile_samples_and_steps_as_the_paper_did():
     """What a step of the paper's profile does: 16 prompts × 8 responses sampled at temperature 1 with up to
     3072 new tokens, each step with seeds of its own, and the clipped loss with a k3 KL term at 0.001."""
-    from jobs.grpo import GRPOConfig, rollout_params
+    from jobs.grpo import rollout_params
+    from jobs.grpo_config import GRPOConfig
 
     cfg = load_config(REPO / "configs" / "grpo-qwen2.5-7b.yaml", GRPOConfig)
     first, second = rollout_params(cfg, 0), rollout_params(cfg, 1)
@@ -158,7 +160,7 @@ def test_paper_profile_samples_and_steps_as_the_paper_did():
 
 
 def test_config_errors_name_the_key(tmp_path):
-    from jobs.grpo import GRPOConfig
+    from jobs.grpo_config import GRPOConfig
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("algorithm:\n  group_size: 8\n  prompts_per_step: 3\n  kl_estimater: k3\n"
@@ -187,7 +189,8 @@ def test_nccl_weight_push_keeps_engines_in_step_on_gpus(ray_cluster, demo_data, 
     no two ranks of a group on one device)."""
     import torch
 
-    from jobs.grpo import GRPOConfig, GRPOTrainer
+    from jobs.grpo import GRPOTrainer
+    from jobs.grpo_config import GRPOConfig
 
     if torch.cuda.device_count() < 2:
         pytest.skip("needs two GPUs: one for the learner, one for the rollout engine")
