@@ -2,6 +2,8 @@
 configs/grpo-*.yaml)."""
 from __future__ import annotations
 
+import itertools
+import math
 import warnings
 from typing import Literal
 
@@ -18,6 +20,10 @@ from reasonrank.training.config import DeepSpeedConfig, ModelConfig, OptimizerCo
 AdvantageName = Literal[tuple(ADVANTAGE_ESTIMATORS)]  # type: ignore[valid-type]
 AggregationName = Literal[tuple(AGGREGATIONS)]  # type: ignore[valid-type]
 KLName = Literal[tuple(KL_ESTIMATORS)]  # type: ignore[valid-type]
+
+# The share of a GPU's memory its tenants may claim together; the rest holds each process's CUDA context (about
+# 0.5 GiB) and the allocators' fragmentation.
+SHARED_GPU_MEMORY = 0.95
 
 
 class AlgorithmConfig(Strict):
@@ -148,7 +154,66 @@ class GRPOConfig(Strict):
                           f"counted per step as prompts_cut)", stacklevel=2)
         return self
 
+    @model_validator(mode="after")
+    def _shared_gpus_fit(self):
+        """Engines given a fraction of a GPU (`rollout.num_gpus` < 1) share it with each other, and with the
+        learners and the reference actor Ray may place beside them. Each vLLM engine claims
+        `gpu_memory_utilization` of the WHOLE GPU's memory and refuses to start when less is free; an actor
+        beside the engines is left, at least, the share of the GPU it reserves (its `num_gpus`). So for every
+        packing Ray can make of one GPU: engines × gpu_memory_utilization + the others' num_gpus ≤
+        SHARED_GPU_MEMORY."""
+        r, u = self.rollout, self.rollout.engine.gpu_memory_utilization
+        if not 0 < r.num_gpus < 1:
+            return self
+        beside = []  # (key, GPU share, how many) of the other actors that may land on an engine's GPU
+        if 0 < self.learner.num_gpus < 1 and not _exclusive(self.learner.node_labels, r.node_labels):
+            beside.append(("learner.num_gpus", self.learner.num_gpus, self.learner.replicas))
+        if self.algorithm.kl_coef and self.reference.placement == "actor" and 0 < self.reference.num_gpus < 1:
+            beside.append(("reference.num_gpus", self.reference.num_gpus, 1))
+        worst = None  # (memory claimed, engines, counts beside) of the packing that claims the most
+        limit = 1.0  # the largest gpu_memory_utilization every packing fits
+        for engines in range(1, min(r.replicas, _fits(r.num_gpus, 1.0)) + 1):
+            room = 1.0 - engines * r.num_gpus
+            for counts in itertools.product(*(range(min(n, _fits(share, room)) + 1) for _, share, n in beside)):
+                others = sum(n * share for n, (_, share, _) in zip(counts, beside))
+                if others > room + 1e-9 or (engines == 1 and not any(counts)):
+                    continue
+                limit = min(limit, (SHARED_GPU_MEMORY - others) / engines)
+                claimed = engines * u + others
+                if claimed > SHARED_GPU_MEMORY and (worst is None or claimed > worst[0]):
+                    worst = (claimed, engines, counts)
+        if worst is None:
+            return self
+        limit = math.floor(limit * 100 + 1e-9) / 100
+        claimed, engines, counts = worst
+        names = {"learner.num_gpus": "learner", "reference.num_gpus": "reference actor"}
+        tenants = [f"{engines} engines (rollout.num_gpus = {r.num_gpus})" if engines > 1 else
+                   f"1 engine (rollout.num_gpus = {r.num_gpus})"]
+        tenants += [f"{n} {names[key]}{'s' * (n > 1)} ({key} = {share})"
+                    for n, (key, share, _) in zip(counts, beside) if n]
+        shares = [f"{engines} × {u}"] + [f"{n} × {share}" for n, (_, share, _) in zip(counts, beside) if n]
+        remedies = [f"set rollout.engine.gpu_memory_utilization to at most {limit:.2f}"] if limit > 0 else []
+        remedies.append("give each engine a larger share of a GPU (rollout.num_gpus)")
+        if any(counts):
+            remedies.append("keep the other actors off the engines' GPUs (e.g. learner.node_labels and "
+                            "rollout.node_labels asking one label for different values)")
+        raise ValueError(
+            f"rollout.engine.gpu_memory_utilization = {u} does not fit a shared GPU: Ray may place "
+            f"{' and '.join(tenants)} on one GPU, and they claim {' + '.join(shares)} = {claimed:.2f} of its "
+            f"memory, more than {SHARED_GPU_MEMORY} (each vLLM engine claims gpu_memory_utilization of the WHOLE "
+            f"GPU: one that finds less free refuses to start, one that starts first starves what comes after); "
+            f"{', or '.join(remedies)}")
+
     def learner_model(self) -> ModelConfig:
         return ModelConfig(path=self.model, attn_implementation=self.learner.attn_implementation,
                            gradient_checkpointing=self.learner.gradient_checkpointing)
 
+
+def _fits(share: float, room: float) -> int:
+    """How many actors reserving `share` of a GPU Ray packs into `room` of it."""
+    return math.floor(room / share + 1e-9)
+
+
+def _exclusive(a: dict[str, str], b: dict[str, str]) -> bool:
+    """No node can carry both label selectors: they ask one label for different values."""
+    return any(key in b and b[key] != value for key, value in a.items())
