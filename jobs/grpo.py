@@ -51,10 +51,9 @@ from typing import TYPE_CHECKING, Any
 
 import ray
 
+from jobs import grpo_checkpoint, grpo_report
 from jobs.common import init_ray, main
-from jobs.grpo_checkpoint import SampledBatch, load_newest_checkpoint, save_checkpoint
 from jobs.grpo_config import GRPOConfig
-from jobs.grpo_report import rollout_metrics, write_reports
 from jobs.progress import StageProgress
 from reasonrank import fingerprint, storage
 from reasonrank.config import DataConfig, PromptConfig, load_config, save_prompt
@@ -254,7 +253,7 @@ class GRPOTrainer:
         metrics = {"step": self.step, "weights_version": min(r.weights_version for r in rollouts),
                    "prompts": [s.id for s in batch.samples], "rollouts": len(rollouts),
                    "responses_sha256": hashlib.sha256(json.dumps([r.response_ids for r in rollouts]).encode()).hexdigest(),
-                   **rollout_metrics(rollouts), **learner_stats,
+                   **grpo_report.rollout_metrics(rollouts), **learner_stats,
                    "staleness": {str(k): staleness[k] for k in sorted(staleness)},
                    "stale_dropped": dropped / (dropped + len(rollouts)),
                    "time_sample": t0 - started, "time_generate": (t1 - t0) + (t5 - t4), "time_reward": t2 - t1,
@@ -294,7 +293,7 @@ class GRPOTrainer:
         per_prompt: dict[str, list[float]] = {}
         for r in rollouts:
             per_prompt.setdefault(r.sample_id, []).append(r.reward)
-        result = {"step": self.step, **rollout_metrics(rollouts),
+        result = {"step": self.step, **grpo_report.rollout_metrics(rollouts),
                   "prompt_rewards": {p: statistics.fmean(v) for p, v in per_prompt.items()}}
         self.evals.append(result)
         log.info("eval at step %d: reward %.3f, well-formed %.0f%%, window NDCG@10 %.3f", self.step,
@@ -311,14 +310,14 @@ class GRPOTrainer:
     def save_checkpoint(self) -> None:
         state = {"step": self.step, "sampler": self.sampler.state_dict(), "history": self.history,
                  "evals": self.evals}
-        ahead = [SampledBatch(b.step, b.indices, self._collect(b)) for b in self.ahead]
-        path = save_checkpoint(self.cfg.output_dir, self.learners, state, ahead, self.cfg.keep_checkpoints)
+        ahead = [grpo_checkpoint.SampledBatch(b.step, b.indices, self._collect(b)) for b in self.ahead]
+        path = grpo_checkpoint.save(self.cfg.output_dir, self.learners, state, ahead, self.cfg.keep_checkpoints)
         log.info("checkpoint at step %d: %s", self.step, path)
 
     def resume(self) -> int | None:
         """Continue from the newest complete checkpoint, if any: learner state, cursor, history, then the
         weights pushed to the engines before any rollout. Returns the step resumed at."""
-        loaded = load_newest_checkpoint(self.cfg.output_dir, self.learners)
+        loaded = grpo_checkpoint.load_newest(self.cfg.output_dir, self.learners)
         if loaded is None:
             return None
         path, state, ahead = loaded
@@ -333,7 +332,7 @@ class GRPOTrainer:
 
     def write_reports(self, resumed_from: int | None = None) -> dict[str, Any]:
         out = self.cfg.output_dir
-        return write_reports(out, self.cfg.model, self.step, self.history, self.evals, self.rollouts.restarts,
+        return grpo_report.write(out, self.cfg.model, self.step, self.history, self.evals, self.rollouts.restarts,
                              storage.join(out, "final") if self.cfg.export else None, resumed_from)
 
     def close(self) -> None:

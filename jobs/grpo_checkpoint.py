@@ -38,7 +38,7 @@ def complete_checkpoints(output_dir: str) -> list[int]:
     return sorted(steps)
 
 
-def save_checkpoint(output_dir: str, learners: LearnerGroup, state: dict[str, Any], ahead: list[SampledBatch],
+def save(output_dir: str, learners: LearnerGroup, state: dict[str, Any], ahead: list[SampledBatch],
                     keep: int) -> str:
     """Write the checkpoint of step `state["step"]`, then delete all but the newest `keep` complete ones."""
     path = checkpoint_dir(output_dir, state["step"])
@@ -53,8 +53,7 @@ def save_checkpoint(output_dir: str, learners: LearnerGroup, state: dict[str, An
     return path
 
 
-def load_newest_checkpoint(output_dir: str, learners: LearnerGroup
-                           ) -> tuple[str, dict[str, Any], list[SampledBatch]] | None:
+def load_newest(output_dir: str, learners: LearnerGroup) -> tuple[str, dict[str, Any], list[SampledBatch]] | None:
     """Load the newest complete checkpoint into the learners: (its folder, the trainer state, the batches sampled
     ahead), or None when there is none."""
     complete = complete_checkpoints(output_dir)

@@ -33,9 +33,8 @@ def rollout_metrics(rollouts: list[Rollout]) -> dict[str, float]:
     }
 
 
-def write_reports(output_dir: str, model: str, steps: int, history: list[dict[str, Any]],
-                  evals: list[dict[str, Any]], rollout_restarts: int, final_model: str | None,
-                  resumed_from: int | None = None) -> dict[str, Any]:
+def write(output_dir: str, model: str, steps: int, history: list[dict[str, Any]], evals: list[dict[str, Any]],
+          rollout_restarts: int, final_model: str | None, resumed_from: int | None = None) -> dict[str, Any]:
     """Write the run's reports after `steps` steps; returns the summary."""
     storage.write_jsonl_atomic(storage.join(output_dir, "metrics.jsonl"), history)
     storage.write_jsonl_atomic(storage.join(output_dir, "evals.jsonl"), evals)
