@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -30,6 +29,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors import sharding
 from reasonrank import storage
+from reasonrank.ports import free_port
 from reasonrank.rl.batch import TokenBatch, engine_logprob_gap, pack, pad_right, response_logits, token_logprobs
 from reasonrank.rl.losses import GRPOLoss
 from reasonrank.rl.reference import ReferencePolicy
@@ -66,10 +66,7 @@ class Learner:
 
     def address(self) -> tuple[str, int]:
         """Where rank 0 hosts the process group's rendezvous."""
-        with socket.socket() as s:
-            s.bind(("", 0))
-            port = s.getsockname()[1]
-        return ray.util.get_node_ip_address(), port
+        return ray.util.get_node_ip_address(), free_port("")
 
     def setup(self, master_addr: str, master_port: int) -> None:
         import deepspeed

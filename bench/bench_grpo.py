@@ -65,7 +65,8 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     from jobs.common import init_ray, parse_overrides
-    from jobs.grpo import GRPOConfig, GRPOTrainer
+    from jobs.grpo import GRPOTrainer
+    from jobs.grpo_config import GRPOConfig
     from reasonrank.config import load_config
     from reasonrank.data.demo import ensure_demo_dataset
     from reasonrank.tiny_model import ensure_tiny_model

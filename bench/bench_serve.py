@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import threading
 import time
@@ -89,12 +88,12 @@ class Service:
     def __enter__(self) -> "Service":
         from ray import serve
 
+        from reasonrank.ports import free_port
         from serve.app import build_app
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.url = f"http://127.0.0.1:{s.getsockname()[1]}"
-        serve.start(http_options={"host": "127.0.0.1", "port": int(self.url.rsplit(":", 1)[1])})
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(self.config), name="bench", route_prefix="/")
         return self
 

@@ -17,7 +17,6 @@ Exit status: 0 when every part that ran passed, 1 when one failed, 3 when there 
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -32,17 +31,13 @@ TEXTS = [f"passage {i}: zorvium was isolated by chemist {i % 7} in year {1800 + 
          for i in range(400)]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _world_of_one() -> None:
     """torch.distributed over NCCL with one rank, as Ray Train and the learner actors set it up."""
     import deepspeed
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1",
+    from reasonrank.ports import free_port
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1",
                       LOCAL_RANK="0")  # ZeRO-3's partitioning reads LOCAL_RANK again as the model loads
     deepspeed.init_distributed(dist_backend="nccl")
 

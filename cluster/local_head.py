@@ -11,7 +11,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from pathlib import Path
 from ray.job_submission import JobSubmissionClient
 
 from cluster.submit import Submission
+from reasonrank.ports import free_port
 
 BIN = Path(sys.executable).parent
 _PORTS = ("port", "dashboard-port", "ray-client-server-port", "node-manager-port", "object-manager-port",
@@ -42,12 +42,6 @@ class LocalHead:
 
     def submission(self, submission_id: str) -> Submission:
         return Submission(self.client(), submission_id, poll_interval_s=0.5)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _stop_group(proc: subprocess.Popen) -> None:
@@ -72,7 +66,7 @@ def local_head(num_cpus: int = 4, startup_timeout_s: float = 180) -> Iterator[Lo
     token = secrets.token_hex(16)
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH")}
     env.update(PATH=f"{BIN}{os.pathsep}{env['PATH']}", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
-    ports = {name: _free_port() for name in _PORTS}
+    ports = {name: free_port() for name in _PORTS}
     low = 20000 + 1000 * (os.getpid() % 10)  # below the kernel's ephemeral ports and Ray's default 10002+
     command = [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
                "--dashboard-host=127.0.0.1", f"--num-cpus={num_cpus}", "--disable-usage-stats",

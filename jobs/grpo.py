@@ -34,181 +34,40 @@ trains on exactly what the uninterrupted run would have). Outputs: `metrics.json
 reward mean/std, well-formed share, window NDCG/Recall/RBO, KL, loss, clip share, step time split,
 `responses_sha256` of the sampled tokens for comparing reruns), `evals.jsonl` (with each evaluation
 prompt's mean reward), `reward_curve.png`, `final/` (Hugging Face model) and `summary.json`.
+
+The config is `jobs/grpo_config.py`, the checkpoint layout `jobs/grpo_checkpoint.py`, the reports
+`jobs/grpo_report.py`; this module is the loop.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
-import os
 import statistics
 import time
-import warnings
 from collections import Counter, deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import ray
-from pydantic import Field, model_validator
 
+from jobs import grpo_checkpoint, grpo_report
 from jobs.common import init_ray, main
+from jobs.grpo_config import GRPOConfig
 from jobs.progress import StageProgress
 from reasonrank import fingerprint, storage
-from reasonrank.config import DataConfig, EngineConfig, PromptConfig, Strict, load_config, save_prompt
+from reasonrank.config import DataConfig, PromptConfig, load_config, save_prompt
 from reasonrank.data.training_sets import RLSample
 from reasonrank.engines.base import SamplingParams
-from reasonrank.reward import RewardWeights
 from reasonrank.rl.advantages import ADVANTAGE_ESTIMATORS, grouped_advantages
-from reasonrank.rl.curves import plot_reward_curve
-from reasonrank.rl.losses import AGGREGATIONS, GRPOLoss
-from reasonrank.rl.kl import KL_ESTIMATORS
+from reasonrank.rl.losses import GRPOLoss
 from reasonrank.rl.rollout import Rollout
 from reasonrank.rl.sampler import PromptSampler, step_seed
-from reasonrank.training.attention import AttentionBackend
-from reasonrank.training.config import DeepSpeedConfig, ModelConfig, OptimizerConfig
 
 if TYPE_CHECKING:
     from actors.rollout_worker import RolloutRequest
 
 log = logging.getLogger("jobs.grpo")
-
-AdvantageName = Literal[tuple(ADVANTAGE_ESTIMATORS)]  # type: ignore[valid-type]
-AggregationName = Literal[tuple(AGGREGATIONS)]  # type: ignore[valid-type]
-KLName = Literal[tuple(KL_ESTIMATORS)]  # type: ignore[valid-type]
-
-
-class AlgorithmConfig(Strict):
-    """ReasonRank's GRPO hyperparameters are the defaults."""
-
-    group_size: int = Field(8, ge=2)  # responses per prompt
-    prompts_per_step: int = Field(16, ge=1)
-    updates_per_step: int = Field(1, ge=1)  # optimizer steps per rollout batch (>1: PPO-style mini-batches)
-    advantage: AdvantageName = "grpo"
-    loss_aggregation: AggregationName = "token_mean"
-    kl_estimator: KLName = "k3"
-    kl_coef: float = Field(0.001, ge=0.0)
-    clip_eps: float = Field(0.2, gt=0.0)
-    max_staleness: int = Field(0, ge=0)  # k: a batch is sampled by weights k steps old (0: on-policy, in lockstep)
-    is_cap: float = Field(2.0, gt=0.0)  # truncation of the behaviour importance weight (max_staleness ≥ 1)
-
-
-class RolloutConfig(PromptConfig):
-    """The rollout engines and the prompt they answer (`window_size` passages per gold-set prompt; RL rows
-    from a file bring their own lists), each passage cut to `passage_max_tokens`."""
-
-    engine: EngineConfig = EngineConfig(backend="vllm", max_model_len=16384)  # `model` comes from the top level
-    replicas: int = Field(1, ge=1)
-    num_cpus: float = Field(1.0, gt=0)
-    num_gpus: float = Field(0.0, ge=0)  # per replica: engine.tensor_parallel_size on GPU clusters
-    node_labels: dict[str, str] = {}  # engines only on nodes with these Ray labels (a KubeRay worker group)
-    temperature: float = Field(1.0, gt=0.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    max_new_tokens: int = Field(3072, ge=1)
-
-
-class LearnerConfig(Strict):
-    replicas: int = Field(1, ge=1)  # DeepSpeed data-parallel ranks
-    num_cpus: float = Field(1.0, gt=0)
-    num_gpus: float = Field(0.0, ge=0)
-    node_labels: dict[str, str] = {}  # all ranks on ONE node (strict packing) with these Ray labels
-    micro_batch_size: int = Field(2, ge=1)  # responses per forward/backward
-    gradient_checkpointing: bool = False
-    attn_implementation: AttentionBackend = None  # "sdpa" on GPUs; checked against what is installed
-    deepspeed: DeepSpeedConfig = DeepSpeedConfig(zero_stage=3)
-    optimizer: OptimizerConfig = OptimizerConfig(lr=1e-6, warmup_ratio=0.0, schedule="constant_with_warmup")
-
-
-class ReferenceConfig(Strict):
-    placement: Literal["colocated", "actor"] = "colocated"
-    offload: bool = False  # colocated: wait on the CPU between forward passes (GPU memory for the policy)
-    num_cpus: float = Field(1.0, gt=0)  # placement=actor
-    num_gpus: float = Field(0.0, ge=0)
-
-
-class RewardConfig(Strict):
-    weights: RewardWeights = RewardWeights()
-    replicas: int = Field(1, ge=1)
-    num_cpus: float = Field(0.25, gt=0)
-
-
-class EvalConfig(Strict):
-    """The fixed evaluation set: mean reward of `samples` responses per prompt, sampled with the same seed at
-    every evaluation (common random numbers: the curve moves with the weights, not with the draw), or of the
-    greedy response (temperature 0, one sample: what the evaluate job ranks with)."""
-
-    rl_set: str | None = None  # RLSample rows (the first num_prompts); the training rl_set itself (the same file,
-    # however named): those rows' queries, every copy, are held out of training; None: the gold set of `data`
-    # restricted to `split`
-    split: str = "test"
-    num_prompts: int = Field(16, ge=1)
-    samples: int = Field(4, ge=1)
-    temperature: float = Field(1.0, ge=0.0)  # 0: greedy
-    every: int = Field(0, ge=0)  # steps between evaluations; 0: before the first step and after the last
-    seed: int = 1234
-
-    @model_validator(mode="after")
-    def _greedy_is_one_sample(self):
-        if self.temperature == 0 and self.samples != 1:
-            raise ValueError(f"eval.samples: greedy evaluation (temperature 0) gives one response per prompt, "
-                             f"not {self.samples}")
-        return self
-
-
-class GRPOConfig(Strict):
-    model: str = "outputs/sft-demo/final"  # the SFT export (Hugging Face folder): policy, reference, engines
-    rl_set: str | None = None  # RLSample rows (.parquet/.jsonl, e.g. the synthesize job's rl.parquet)
-    data: DataConfig = DataConfig(split="train", first_stage_depth=20)  # rl_set=None: gold set from the qrels
-    steps: int = Field(100, ge=1)
-    seed: int = 0
-    algorithm: AlgorithmConfig = AlgorithmConfig()
-    rollout: RolloutConfig = RolloutConfig()
-    learner: LearnerConfig = LearnerConfig()
-    reference: ReferenceConfig = ReferenceConfig()
-    reward: RewardConfig = RewardConfig()
-    eval: EvalConfig = EvalConfig()
-    weight_sync: Literal["auto", "object_store", "nccl"] = "auto"
-    checkpoint_every: int = Field(10, ge=1)
-    keep_checkpoints: int = Field(2, ge=1)
-    export: bool = True  # write the final model to <output_dir>/final
-    output_dir: str = "outputs/grpo"
-    staging_dir: str | None = None  # checkpoints for object storage staged here; None: /data/staging or temp
-    ray_num_cpus: int | None = 8  # logical CPUs of an embedded Ray (ignored on a cluster)
-
-    @model_validator(mode="after")
-    def _consistent(self):
-        a, lr = self.algorithm, self.learner
-        per_update = lr.replicas * lr.micro_batch_size * a.updates_per_step
-        rollouts = a.prompts_per_step * a.group_size
-        if rollouts % per_update:
-            raise ValueError(
-                f"algorithm.prompts_per_step × group_size = {rollouts} rollouts per step must divide evenly over "
-                f"learner.replicas × learner.micro_batch_size × algorithm.updates_per_step = {per_update}")
-        if "model" in self.rollout.engine.model_fields_set and self.rollout.engine.model != self.model:
-            raise ValueError("rollout.engine.model: leave it out; the engines load `model` (the policy's start)")
-        if a.max_staleness and self.rollout.temperature != 1.0:
-            raise ValueError(f"algorithm.max_staleness={a.max_staleness} needs rollout.temperature 1.0, not "
-                             f"{self.rollout.temperature}: the importance weight divides by the engine's "
-                             f"log-probabilities, which vLLM reports before temperature")
-        if self.rollout.engine.backend != "vllm":
-            raise ValueError("rollout.engine.backend: rollouts need the vllm backend (weights pushed in place)")
-        if self.learner.deepspeed.offload_params and self.weight_sync == "nccl":
-            raise ValueError("weight_sync=nccl with offload_params: the broadcast needs the weights on the GPU")
-        r = self.rollout
-        if r.max_new_tokens >= r.engine.max_model_len:
-            raise ValueError(f"rollout.max_new_tokens ({r.max_new_tokens}) leaves no room for a prompt within "
-                             f"rollout.engine.max_model_len ({r.engine.max_model_len})")
-        passages = None if r.passage_max_tokens is None else r.window_size * r.passage_max_tokens
-        if passages is None or passages + r.max_new_tokens > r.engine.max_model_len:
-            warnings.warn(f"prompts of {r.window_size} passages of up to {r.passage_max_tokens} tokens each plus "
-                          f"{r.max_new_tokens} response tokens may exceed rollout.engine.max_model_len "
-                          f"({r.engine.max_model_len}): such prompts get their passages cut further (logged, and "
-                          f"counted per step as prompts_cut)", stacklevel=2)
-        return self
-
-    def learner_model(self) -> ModelConfig:
-        return ModelConfig(path=self.model, attn_implementation=self.learner.attn_implementation,
-                           gradient_checkpointing=self.learner.gradient_checkpointing)
 
 
 def run(config_path: str, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -394,7 +253,7 @@ class GRPOTrainer:
         metrics = {"step": self.step, "weights_version": min(r.weights_version for r in rollouts),
                    "prompts": [s.id for s in batch.samples], "rollouts": len(rollouts),
                    "responses_sha256": hashlib.sha256(json.dumps([r.response_ids for r in rollouts]).encode()).hexdigest(),
-                   **_rollout_metrics(rollouts), **learner_stats,
+                   **grpo_report.rollout_metrics(rollouts), **learner_stats,
                    "staleness": {str(k): staleness[k] for k in sorted(staleness)},
                    "stale_dropped": dropped / (dropped + len(rollouts)),
                    "time_sample": t0 - started, "time_generate": (t1 - t0) + (t5 - t4), "time_reward": t2 - t1,
@@ -434,7 +293,7 @@ class GRPOTrainer:
         per_prompt: dict[str, list[float]] = {}
         for r in rollouts:
             per_prompt.setdefault(r.sample_id, []).append(r.reward)
-        result = {"step": self.step, **_rollout_metrics(rollouts),
+        result = {"step": self.step, **grpo_report.rollout_metrics(rollouts),
                   "prompt_rewards": {p: statistics.fmean(v) for p, v in per_prompt.items()}}
         self.evals.append(result)
         log.info("eval at step %d: reward %.3f, well-formed %.0f%%, window NDCG@10 %.3f", self.step,
@@ -446,64 +305,35 @@ class GRPOTrainer:
         return PromptConfig(window_size=max(len(r.docids) for r in self.rl_set),
                             passage_max_tokens=self.cfg.rollout.passage_max_tokens)
 
-    # --- checkpoints ------------------------------------------------------------------------------------------
-
-    def _checkpoint_dir(self, step: int) -> str:
-        return storage.join(self.cfg.output_dir, "checkpoints", f"step-{step:06d}")
+    # --- checkpoints and reports ------------------------------------------------------------------------------
 
     def save_checkpoint(self) -> None:
-        path = self._checkpoint_dir(self.step)
         state = {"step": self.step, "sampler": self.sampler.state_dict(), "history": self.history,
                  "evals": self.evals}
-        self.learners.save(path, state)
-        storage.write_jsonl_atomic(storage.join(path, "ahead.jsonl"), [
-            {"step": b.step, "indices": b.indices, "rollouts": [dataclasses.asdict(r) for r in self._collect(b)]}
-            for b in self.ahead])
-        # Written last: a checkpoint folder without it is incomplete (the job died while saving).
-        storage.write_text_atomic(storage.join(path, "trainer_state.json"), json.dumps(state))
+        ahead = [grpo_checkpoint.SampledBatch(b.step, b.indices, self._collect(b)) for b in self.ahead]
+        path = grpo_checkpoint.save(self.cfg.output_dir, self.learners, state, ahead, self.cfg.keep_checkpoints)
         log.info("checkpoint at step %d: %s", self.step, path)
-        complete = _complete_checkpoints(self.cfg.output_dir)
-        for old in complete[: -self.cfg.keep_checkpoints]:
-            fs, root = storage.filesystem(self._checkpoint_dir(old))
-            fs.rm(root, recursive=True)
 
     def resume(self) -> int | None:
         """Continue from the newest complete checkpoint, if any: learner state, cursor, history, then the
         weights pushed to the engines before any rollout. Returns the step resumed at."""
-        complete = _complete_checkpoints(self.cfg.output_dir)
-        if not complete:
+        loaded = grpo_checkpoint.load_newest(self.cfg.output_dir, self.learners)
+        if loaded is None:
             return None
-        step = complete[-1]
-        path = self._checkpoint_dir(step)
-        state = self.learners.load(path)
+        path, state, ahead = loaded
         self.sampler.load_state_dict(state["sampler"])
         self.step, self.history, self.evals = state["step"], state["history"], state["evals"]
-        self.ahead = deque(Batch(b["step"], b["indices"], [self.rl_set[i] for i in b["indices"]],
-                                 rollouts=[Rollout(**r) for r in b["rollouts"]])
-                           for b in storage.read_jsonl(storage.join(path, "ahead.jsonl")))
+        self.ahead = deque(Batch(b.step, b.indices, [self.rl_set[i] for i in b.indices], rollouts=b.rollouts)
+                           for b in ahead)
         self.sync.push(self.step)
         log.info("resumed from %s at step %d (data epoch %d, position %d); engines hold weights version %d",
                  path, self.step, self.sampler.epoch, self.sampler.position, self.sync.version)
-        return step
-
-    # --- reports ----------------------------------------------------------------------------------------------
+        return self.step
 
     def write_reports(self, resumed_from: int | None = None) -> dict[str, Any]:
         out = self.cfg.output_dir
-        storage.write_jsonl_atomic(storage.join(out, "metrics.jsonl"), self.history)
-        storage.write_jsonl_atomic(storage.join(out, "evals.jsonl"), self.evals)
-        with storage.writing(storage.join(out, "reward_curve.png")) as png:
-            plot_reward_curve([m["weights_version"] for m in self.history], [m["reward_mean"] for m in self.history],
-                              [m["reward_std"] for m in self.history], [e["step"] for e in self.evals],
-                              [e["reward_mean"] for e in self.evals], png,
-                              f"GRPO · {os.path.basename(self.cfg.model.rstrip('/'))}")
-        summary = {"steps": self.step, "resumed_from": resumed_from, "model": self.cfg.model,
-                   "eval_before": self.evals[0] if self.evals else None,
-                   "eval_after": self.evals[-1] if self.evals else None,
-                   "rollout_restarts": self.rollouts.restarts,
-                   "final_model": storage.join(out, "final") if self.cfg.export else None}
-        storage.write_text_atomic(storage.join(out, "summary.json"), json.dumps(summary, indent=2))
-        return summary
+        return grpo_report.write(out, self.cfg.model, self.step, self.history, self.evals, self.rollouts.restarts,
+                             storage.join(out, "final") if self.cfg.export else None, resumed_from)
 
     def close(self) -> None:
         for part in ("sync", "rollouts", "rewards", "learners"):
@@ -522,35 +352,6 @@ class Batch:
     samples: list[RLSample]
     request: RolloutRequest | None = None  # while the engines sample it
     rollouts: list[Rollout] | None = None
-
-
-def _complete_checkpoints(output_dir: str) -> list[int]:
-    """Steps of the checkpoints whose saving finished, oldest first."""
-    root = storage.join(output_dir, "checkpoints")
-    steps = []
-    for name in storage.listdir(root):
-        if name.startswith("step-") and storage.exists(storage.join(root, name, "trainer_state.json")):
-            steps.append(int(name.removeprefix("step-")))
-    return sorted(steps)
-
-
-def _rollout_metrics(rollouts: list[Rollout]) -> dict[str, float]:
-    rewards = [r.reward for r in rollouts]
-    n = len(rollouts)
-
-    def mean_term(name: str) -> float:
-        return sum(float(r.reward_terms.get(name, 0.0)) for r in rollouts) / n
-
-    return {
-        "reward_mean": statistics.fmean(rewards),
-        "reward_std": statistics.pstdev(rewards),
-        "well_formed": sum(r.reward_terms.get("outcome") == "scored" for r in rollouts) / n,
-        "malformed": sum(r.reward_terms.get("outcome") == "malformed" for r in rollouts) / n,
-        "ndcg": mean_term("ndcg"), "recall": mean_term("recall"), "rbo": mean_term("rbo"),
-        "response_tokens": statistics.fmean(len(r.response_ids) for r in rollouts),
-        "truncated": sum(r.finish_reason == "length" for r in rollouts) / n,
-        "prompts_cut": len({r.sample_id for r in rollouts if r.passages_cut_to is not None}),
-    }
 
 
 if __name__ == "__main__":

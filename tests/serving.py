@@ -1,17 +1,12 @@
 """Deploying a reranking app for a test module: on a free port of 127.0.0.1, torn down after."""
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import httpx
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from reasonrank.ports import free_port
 
 
 @contextmanager

@@ -154,7 +154,7 @@ def test_a_strategy_takes_the_prompt_settings_its_model_was_trained_with(tmp_pat
 
 
 def test_every_stage_composes_the_one_prompt_piece():
-    from jobs.grpo import RolloutConfig
+    from jobs.grpo_config import RolloutConfig
     from jobs.sft_config import DemoSetConfig
     from jobs.synthesize import TeacherConfig
     from reasonrank.config import PassageBudget, PromptConfig

@@ -1,4 +1,5 @@
-"""Every third-party module the code imports is declared in pyproject.toml (and so pinned for installs)."""
+"""Every third-party module the code imports is declared in pyproject.toml (and so pinned for installs), and
+every declared distribution is imported."""
 from __future__ import annotations
 
 import ast
@@ -30,9 +31,14 @@ def _normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def _declared() -> set[str]:
+    """The distributions pyproject.toml declares."""
+    return {_normalise(re.split(r"[\[<>=!~ ;]", d, maxsplit=1)[0])
+            for d in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]}
+
+
 def test_every_imported_module_is_declared():
-    declared = {_normalise(re.split(r"[\[<>=!~ ;]", d, maxsplit=1)[0])
-                for d in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]}
+    declared = _declared()
     for platform in ("requirements-cpu.txt", "requirements-gpu.txt"):  # vLLM: each platform's distribution
         declared |= {_normalise(re.split(r"[\[<>=!~ ;]", line, maxsplit=1)[0])
                      for line in (REPO / platform).read_text().splitlines() if line.startswith("vllm")}
@@ -45,3 +51,11 @@ def test_every_imported_module_is_declared():
         if not distributions & declared:
             missing[module] = (sorted(distributions), where)
     assert not missing, f"imported but not declared in pyproject.toml: {missing}"
+
+
+def test_every_declared_dependency_is_imported():
+    """A declared distribution that no module imports is weight on every install (and a pin to keep up)."""
+    providers = packages_distributions()
+    imported = {_normalise(d) for module in _imported_modules() for d in providers.get(module, [module])}
+    unused = _declared() - imported
+    assert not unused, f"declared in pyproject.toml but imported nowhere in {', '.join(PACKAGES)}: {sorted(unused)}"

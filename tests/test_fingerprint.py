@@ -73,7 +73,8 @@ def test_evaluate_resumes_its_own_run_and_refuses_another(demo_data, tmp_path):
 
 
 def test_grpo_refuses_to_resume_another_run_before_starting_actors(demo_data, tiny_model_dir, tmp_path):
-    from jobs.grpo import GRPOConfig, GRPOTrainer, results_fingerprint
+    from jobs.grpo import GRPOTrainer, results_fingerprint
+    from jobs.grpo_config import GRPOConfig
 
     base = {"model": str(tiny_model_dir), "data.demo_dir": str(demo_data.root), "output_dir": str(tmp_path / "grpo")}
     cfg = load_config(CONFIGS / "grpo-tiny.yaml", GRPOConfig, base)

@@ -195,7 +195,7 @@ def test_an_attention_backend_that_is_not_installed_fails_validation(job, key):
 
     if find_spec("flash_attn") or find_spec("kernels"):
         pytest.skip("flash-attn (or kernels) is installed here")
-    model = {"sft": "jobs.sft_config:SFTConfig", "grpo": "jobs.grpo:GRPOConfig"}[job]
+    model = {"sft": "jobs.sft_config:SFTConfig", "grpo": "jobs.grpo_config:GRPOConfig"}[job]
     module, name = model.split(":")
     config = getattr(__import__(module, fromlist=[name]), name)
     path = REPO / "configs" / {"sft": "sft-qwen2.5-7b.yaml", "grpo": "grpo-qwen2.5-7b.yaml"}[job]
@@ -256,7 +256,7 @@ def test_learners_are_strictly_packed_and_engines_kept_on_their_labelled_nodes(m
 def test_the_grpo_gpu_profile_fits_its_rayjob_one_learner_node_and_labelled_groups():
     import yaml
 
-    from jobs.grpo import GRPOConfig
+    from jobs.grpo_config import GRPOConfig
     from reasonrank.config import load_config
 
     cfg = load_config(REPO / "configs" / "grpo-qwen2.5-7b.yaml", GRPOConfig)
@@ -341,7 +341,7 @@ def test_the_engine_takes_a_cut_prompt_it_would_refuse_whole(vllm_cpu_engine, ti
 
 
 def test_the_grpo_config_check_warns_when_prompts_may_not_fit_the_engine():
-    from jobs.grpo import GRPOConfig
+    from jobs.grpo_config import GRPOConfig
     from reasonrank.config import ConfigError, load_config
 
     path = REPO / "configs" / "grpo-qwen2.5-7b.yaml"

@@ -26,7 +26,8 @@ def tiny_overrides(model: Path, demo, output_dir: Path, **extra) -> dict:
 
 @pytest.fixture(scope="module")
 def grpo_run(ray_cluster, demo_data, briefly_tuned_model, tmp_path_factory):
-    from jobs.grpo import GRPOConfig, GRPOTrainer
+    from jobs.grpo import GRPOTrainer
+    from jobs.grpo_config import GRPOConfig
 
     root = tmp_path_factory.mktemp("grpo")
     model = briefly_tuned_model
@@ -145,7 +146,8 @@ def test_reports_hold_what_the_run_did(grpo_run):
 def test_paper_profile_samples_and_steps_as_the_paper_did():
     """What a step of the paper's profile does: 16 prompts × 8 responses sampled at temperature 1 with up to
     3072 new tokens, each step with seeds of its own, and the clipped loss with a k3 KL term at 0.001."""
-    from jobs.grpo import GRPOConfig, rollout_params
+    from jobs.grpo import rollout_params
+    from jobs.grpo_config import GRPOConfig
 
     cfg = load_config(REPO / "configs" / "grpo-qwen2.5-7b.yaml", GRPOConfig)
     first, second = rollout_params(cfg, 0), rollout_params(cfg, 1)
@@ -158,7 +160,7 @@ def test_paper_profile_samples_and_steps_as_the_paper_did():
 
 
 def test_config_errors_name_the_key(tmp_path):
-    from jobs.grpo import GRPOConfig
+    from jobs.grpo_config import GRPOConfig
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("algorithm:\n  group_size: 8\n  prompts_per_step: 3\n  kl_estimater: k3\n"
@@ -180,6 +182,26 @@ def test_config_errors_name_the_key(tmp_path):
         load_config(REPO / "configs" / "grpo-tiny.yaml", GRPOConfig, {"algorithm.max_staleness": -1})
 
 
+def test_engines_sharing_a_gpu_must_fit_its_memory_together():
+    """Each vLLM engine claims gpu_memory_utilization of the WHOLE GPU's memory and refuses to start when less is
+    free: engines given half a GPU each, two to a GPU, need half of it each, and a learner Ray may place beside
+    them keeps the share it reserves. Checked when the config loads, not when the second engine dies."""
+    from jobs.grpo_config import GRPOConfig
+
+    paper = REPO / "configs" / "grpo-qwen2.5-7b.yaml"
+    half_gpu_engines = {"rollout.engine.tensor_parallel_size": 1, "rollout.num_gpus": 0.5, "rollout.replicas": 4}
+    with pytest.raises(ConfigError, match=r"gpu_memory_utilization = 0\.85 does not fit a shared GPU: Ray may place "
+                                          r"2 engines \(rollout\.num_gpus = 0\.5\) on one GPU.* 2 × 0\.85 = 1\.70 .*"
+                                          r"at most 0\.47"):
+        load_config(paper, GRPOConfig, half_gpu_engines)
+    fits = {**half_gpu_engines, "rollout.engine.gpu_memory_utilization": 0.47, "learner.num_gpus": 0.5}
+    assert load_config(paper, GRPOConfig, fits).rollout.engine.gpu_memory_utilization == 0.47  # learners elsewhere
+    with pytest.raises(ConfigError, match=r"1 engine \(rollout\.num_gpus = 0\.5\) and 1 learner \(learner\.num_gpus = "
+                                          r"0\.5\) on one GPU, and they claim 1 × 0\.47 \+ 1 × 0\.5 = 0\.97 .*at most 0\.45"):
+        load_config(paper, GRPOConfig, {**fits, "learner.node_labels": {}})  # learners may land on an engine's GPU
+    assert load_config(paper, GRPOConfig, {**fits, "learner.node_labels": {}, "rollout.engine.gpu_memory_utilization": 0.45})
+
+
 @pytest.mark.gpu
 @pytest.mark.slow
 def test_nccl_weight_push_keeps_engines_in_step_on_gpus(ray_cluster, demo_data, tiny_model_dir, tmp_path):
@@ -187,7 +209,8 @@ def test_nccl_weight_push_keeps_engines_in_step_on_gpus(ray_cluster, demo_data, 
     no two ranks of a group on one device)."""
     import torch
 
-    from jobs.grpo import GRPOConfig, GRPOTrainer
+    from jobs.grpo import GRPOTrainer
+    from jobs.grpo_config import GRPOConfig
 
     if torch.cuda.device_count() < 2:
         pytest.skip("needs two GPUs: one for the learner, one for the rollout engine")

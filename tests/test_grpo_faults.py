@@ -89,7 +89,8 @@ def test_killed_job_resumes_then_survives_dying_actors(ray_cluster, demo_data, b
                                                       orphaned_shm_removed):
     import ray
 
-    from jobs.grpo import GRPOConfig, GRPOTrainer
+    from jobs.grpo import GRPOTrainer
+    from jobs.grpo_config import GRPOConfig
     from reasonrank.rl.sampler import PromptSampler
 
     out = tmp_path / "out"

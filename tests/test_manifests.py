@@ -132,7 +132,7 @@ RAYJOBS = [p for p in MANIFEST_FILES if p.name.startswith("rayjob-")]
 CONFIG_MODELS = {
     "jobs.evaluate": ("jobs.evaluate", "EvaluateConfig"),
     "jobs.sft": ("jobs.sft_config", "SFTConfig"),
-    "jobs.grpo": ("jobs.grpo", "GRPOConfig"),
+    "jobs.grpo": ("jobs.grpo_config", "GRPOConfig"),
     "jobs.synthesize": ("jobs.synthesize", "SynthesizeConfig"),
 }
 DEMANDS = {

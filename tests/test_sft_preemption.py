@@ -17,7 +17,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from reasonrank.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -61,9 +62,7 @@ class LocalRayCluster:
         return node
 
     def start_head(self, num_cpus: int, resources: dict[str, float]) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         self._start(["--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--include-dashboard=false",
                      f"--num-cpus={num_cpus}", f"--resources={json.dumps(resources)}"], "head")
         self.address = f"127.0.0.1:{port}"
