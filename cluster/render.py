@@ -201,7 +201,7 @@ def serve_config_v2(profile: ServeProfile, config: ServeConfig) -> dict[str, Any
 
     The deployment options repeat what `build_app` sets from that file, so that operators see them here.
     """
-    from serve.app import Reranker
+    from serve.app import RerankerDeployment
 
     return {
         "proxy_location": "EveryNode",
@@ -211,7 +211,7 @@ def serve_config_v2(profile: ServeProfile, config: ServeConfig) -> dict[str, Any
             "import_path": "serve.app:build_app",
             "route_prefix": "/",
             "args": {"config": f"{APP_DIR}/{profile.config}"},
-            "deployments": [{"name": Reranker.name, **config.deployment.serve_options()}],
+            "deployments": [{"name": RerankerDeployment.name, **config.deployment.serve_options()}],
         }],
     }
 
