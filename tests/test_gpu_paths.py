@@ -224,7 +224,7 @@ def test_the_prefix_cache_reset_waits_for_held_blocks_and_fails_loudly_if_they_s
     from reasonrank.prompt import listwise_messages
 
     messages = [listwise_messages("who first isolated zorvium", ["zorvium was isolated by a chemist", "a dog"])]
-    running = threading.Thread(target=vllm_cpu_engine.generate,
+    running = threading.Thread(target=vllm_cpu_engine.generate, daemon=True,
                                args=(messages, SamplingParams(max_new_tokens=900, ignore_eos=True)))
     running.start()
     while vllm_cpu_engine.windows_in_flight() == 0:

@@ -128,7 +128,7 @@ class WeightReceiver:
         import torch
 
         if not torch.cuda.is_available():
-            raise RuntimeError("the NCCL weight broadcast needs CUDA; on CPU push safetensors bytes or a path")
+            raise RuntimeError("the NCCL weight broadcast needs CUDA; on CPU push a state dict or a saved folder")
         from vllm.distributed.parallel_state import get_world_group
 
         from reasonrank.engines.weight_broadcast import nccl_communicator
