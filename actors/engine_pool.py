@@ -22,6 +22,7 @@ from ray.exceptions import RayError
 from reasonrank.config import EngineConfig
 from reasonrank.engines import Engine, Generation, Messages, SamplingParams, build_engine, load_tokenizer
 from reasonrank.engines.base import EngineInputError
+from reasonrank.engines.weight_pieces import WEIGHT_PIECE_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,9 @@ class EngineActor:
     async def generate(self, batch: list[Messages], params: SamplingParams) -> list[Generation]:
         return await asyncio.to_thread(self.engine.generate, batch, params)
 
-    async def update_weights(self, weights: Mapping[str, Any] | str, version: int) -> None:
-        await asyncio.to_thread(self.engine.update_weights, weights, version)
+    async def update_weights(self, weights: Mapping[str, Any] | str, version: int,
+                             piece_bytes: int = WEIGHT_PIECE_BYTES) -> None:
+        await asyncio.to_thread(self.engine.update_weights, weights, version, piece_bytes)
 
     async def init_broadcast_group(self, master_address: str, master_port: int, rank_offset: int,
                                    world_size: int) -> None:

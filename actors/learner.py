@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -28,8 +28,10 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors import sharding
+from actors.devices import DeviceReport, held_gpus
 from reasonrank import storage
 from reasonrank.ports import free_port
+from reasonrank.engines.weight_broadcast import WeightBroadcaster
 from reasonrank.rl.batch import TokenBatch, engine_logprob_gap, pack, pad_right, response_logits, token_logprobs
 from reasonrank.rl.losses import GRPOLoss
 from reasonrank.rl.reference import ReferencePolicy
@@ -58,11 +60,17 @@ class LearnerSpec:
     staging_dir: str | None = None  # where checkpoints for object storage are staged (None: the data volume)
 
 
-@ray.remote
 class Learner:
+    """One rank; `LearnerGroup` runs it as a Ray actor."""
+
     def __init__(self, spec: LearnerSpec, rank: int, world_size: int):
         self.spec, self.rank, self.world_size = spec, rank, world_size
         self.engine = self.reference = None
+        self.broadcaster: WeightBroadcaster | None = None  # rank 0's end of the NCCL weight group, while open
+
+    def device_report(self) -> DeviceReport:
+        """Where this rank trains (what the weight sync's backend is chosen from)."""
+        return DeviceReport(torch.device(self.engine.device).type, held_gpus())
 
     def address(self) -> tuple[str, int]:
         """Where rank 0 hosts the process group's rendezvous."""
@@ -200,6 +208,34 @@ class Learner:
 
         export_hf(self.engine, AutoTokenizer.from_pretrained(self.spec.model.path), out)
 
+    # --- the NCCL weight push (actors/weight_sync.py): rank 0 broadcasts, every rank takes part in the gathers
+
+    def parameter_specs(self) -> list[tuple[str, str, tuple[int, ...]]]:
+        """(name, dtype, full shape) of what `full_parameters` yields, without gathering anything."""
+        zero3 = self.engine.zero_optimization_partition_weights()
+        return [(name, str(p.dtype).removeprefix("torch."), tuple(p.ds_shape if zero3 else p.shape))
+                for name, p in self.engine.module.named_parameters()]
+
+    def open_weight_broadcast(self, master_address: str, master_port: int, world_size: int) -> None:
+        """Rank 0 leads a new NCCL weight group with the engines' workers (any open one is released first)."""
+        self.close_weight_broadcast()
+        if self.rank == 0:
+            self.broadcaster = WeightBroadcaster(master_address, master_port, world_size, self.engine.device)
+
+    def broadcast_weights(self) -> int:
+        """Every parameter in `parameter_specs` order, broadcast by rank 0 (all ranks call: ZeRO-3 gathers
+        each parameter collectively); returns how many rank 0 sent."""
+        sent = 0
+        for name, tensor in full_parameters(self):
+            if self.rank == 0:
+                sent += self.broadcaster.broadcast([(name, tensor)])
+        return sent
+
+    def close_weight_broadcast(self) -> None:
+        if self.broadcaster is not None:
+            self.broadcaster.close()
+            self.broadcaster = None
+
 
 def full_parameters(learner: Learner) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, full tensor) of every parameter, on rank 0, in a fixed order. Under ZeRO-3 every rank must
@@ -214,14 +250,6 @@ def full_parameters(learner: Learner) -> Iterator[tuple[str, torch.Tensor]]:
                 yield name, param.data
         elif learner.rank == 0:
             yield name, param.data
-
-
-def parameter_specs(learner: Learner) -> list[tuple[str, str, tuple[int, ...]]]:
-    """(name, dtype, full shape) of what `full_parameters` yields, without gathering anything."""
-    engine = learner.engine
-    zero3 = engine.zero_optimization_partition_weights()
-    return [(name, str(p.dtype).removeprefix("torch."), tuple(p.ds_shape if zero3 else p.shape))
-            for name, p in engine.module.named_parameters()]
 
 
 def combine_stats(parts: Sequence[dict[str, float]]) -> dict[str, float]:
@@ -250,7 +278,7 @@ class LearnerGroup:
                                          bundle_label_selector=[dict(node_labels)] * replicas if node_labels else None)
         ray.get(self.placement.ready())
         self.actors = [
-            Learner.options(num_cpus=num_cpus, num_gpus=num_gpus, scheduling_strategy=PlacementGroupSchedulingStrategy(
+            ray.remote(Learner).options(num_cpus=num_cpus, num_gpus=num_gpus, scheduling_strategy=PlacementGroupSchedulingStrategy(
                 self.placement, placement_group_bundle_index=r)).remote(spec, r, replicas)
             for r in range(replicas)]
         addr, port = ray.get(self.actors[0].address.remote())
@@ -288,10 +316,6 @@ class LearnerGroup:
 
     def export(self, out: str) -> None:
         ray.get([a.export.remote(out) for a in self.actors])
-
-    def run_on_all(self, fn: Callable[..., Any], *args: Any) -> list[Any]:
-        """`fn(learner, *args)` in every rank's process at once (collectives need them all); results by rank."""
-        return ray.get([a.__ray_call__.remote(fn, *args) for a in self.actors])
 
     def close(self) -> None:
         for a in self.actors:

@@ -28,21 +28,23 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
+from actors.devices import DeviceReport, held_gpus
 from actors.engine_pool import EngineActor
 from actors.sharding import balanced_spans
 from reasonrank import storage
 from reasonrank.config import EngineConfig
 from reasonrank.data.training_sets import RLSample
 from reasonrank.engines.base import SamplingParams
+from reasonrank.engines.vllm_engine import WeightGate
 from reasonrank.rl.prompt_fit import fit_prompt
 from reasonrank.rl.rollout import Rollout
 
 log = logging.getLogger(__name__)
 
 
-@ray.remote(max_restarts=-1, max_task_retries=0)
 class RolloutWorker(EngineActor):
-    """An `EngineActor` (weight updates, NCCL group, close) that also turns RL rows into `Rollout`s."""
+    """An `EngineActor` (weight updates, NCCL group, close) that also turns RL rows into `Rollout`s.
+    Ray runs it as `RemoteRolloutWorker`."""
 
     def __init__(self, engine: dict[str, Any], passage_max_tokens: int | None):
         config = EngineConfig.model_validate(engine)
@@ -52,9 +54,24 @@ class RolloutWorker(EngineActor):
         self._busy_s = 0.0
         self._batches = 0  # rollout batches being generated now
         self._busy_since = 0.0
+        self._gate = WeightGate()  # rollout batches and a rebuild of the NCCL weight group take turns
 
     def weights_version(self) -> int:
         return self.engine.weights_version
+
+    def device_report(self) -> DeviceReport:
+        """Where this engine runs (what the weight sync's backend is chosen from)."""
+        from vllm.platforms import current_platform
+
+        return DeviceReport(current_platform.device_type, held_gpus())
+
+    async def hold_rollouts(self) -> None:
+        """From now on new rollout batches wait; returns once those in flight have finished (the drain before
+        the NCCL weight group is rebuilt). `release_rollouts` lets them go."""
+        await self._gate.hold()
+
+    async def release_rollouts(self) -> None:
+        await self._gate.release()
 
     def busy_seconds(self) -> float:
         """Wall seconds so far during which this engine had a rollout batch to generate (what the loop's
@@ -73,6 +90,7 @@ class RolloutWorker(EngineActor):
         if cut:
             log.warning("%d prompt(s) longer than %d tokens (max_model_len − max_new_tokens) were cut to fit: %s",
                         len(cut), limit, ", ".join(cut))
+        await self._gate.enter()
         if not self._batches:
             self._busy_since = time.perf_counter()
         self._batches += 1
@@ -82,6 +100,7 @@ class RolloutWorker(EngineActor):
             self._batches -= 1
             if not self._batches:
                 self._busy_s += time.perf_counter() - self._busy_since
+            await self._gate.leave()
         prompt_ids = [f.ids for f in fitted]
         out = []
         for k, gen in enumerate(generations):
@@ -94,8 +113,13 @@ class RolloutWorker(EngineActor):
                                passages_cut_to=fitted[i].cut_to))
         return out
 
-    def __ray_shutdown__(self) -> None:  # graceful exit: stop the engine's processes with the actor
-        self.close()
+    def __ray_shutdown__(self) -> None:
+        """Graceful exit: stop the engine's processes (and free their shared memory) with the actor. Ray calls
+        this synchronously, with no event loop running, so the async `close` would never run."""
+        self.engine.close()
+
+
+RemoteRolloutWorker = ray.remote(max_restarts=-1, max_task_retries=0)(RolloutWorker)
 
 
 @dataclass
@@ -120,7 +144,7 @@ class RolloutGroup:
         """`node_labels`: run (and restart) the engines only on nodes carrying them (the rollout role of the
         cluster manifests), so that they never take the GPUs of the learners' node."""
         options = {"label_selector": dict(node_labels)} if node_labels else {}
-        self.workers = [RolloutWorker.options(num_cpus=num_cpus, num_gpus=num_gpus, **options).remote(
+        self.workers = [RemoteRolloutWorker.options(num_cpus=num_cpus, num_gpus=num_gpus, **options).remote(
             engine.model_dump(), passage_max_tokens) for _ in range(replicas)]
         self.restarts = 0
         self.stale_dropped = 0  # rollouts sampled with weights older than their batch allows, sampled again

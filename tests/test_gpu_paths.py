@@ -168,6 +168,8 @@ def test_joining_a_rebuilt_group_releases_the_old_communicator(monkeypatch):
     events: list = []
 
     class Communicator:
+        available, disabled = True, False  # libnccl loaded
+
         def __init__(self, group, device):
             self.port = group
             events.append(("open", group))
@@ -183,6 +185,59 @@ def test_joining_a_rebuilt_group_releases_the_old_communicator(monkeypatch):
     worker.reasonrank_init_broadcast_group("127.0.0.1", 1001, 1, 2)
     worker.reasonrank_init_broadcast_group("127.0.0.1", 1002, 1, 2)
     assert events == [("open", 1001), ("destroy", 1001), ("open", 1002)]
+
+
+def test_an_nccl_communicator_that_disabled_itself_is_refused_before_any_broadcast(monkeypatch):
+    """vLLM's NCCL communicator disables itself when libnccl cannot be loaded, logging at most: its broadcasts
+    then return at once having sent nothing, and the engines wait forever. Here the real communicator on a
+    real two-member group, on a machine without NCCL (as a node whose libnccl is missing); only CUDA, which
+    the broadcaster checks first, is faked."""
+    import socket
+    import threading
+
+    from vllm.distributed.utils import StatelessProcessGroup
+
+    from reasonrank.engines.weight_broadcast import WeightBroadcaster
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    peer = threading.Thread(target=StatelessProcessGroup.create, daemon=True,
+                            kwargs=dict(host="127.0.0.1", port=port, rank=1, world_size=2))
+    peer.start()
+    with pytest.raises(RuntimeError, match=r"rank 0 of 2's NCCL communicator is disabled \(libnccl could not be "
+                                           r"loaded: .*VLLM_NCCL_SO_PATH"):
+        WeightBroadcaster("127.0.0.1", port, world_size=2, device="cuda:0")
+    peer.join(timeout=30)
+
+
+@pytest.mark.slow
+def test_the_prefix_cache_reset_waits_for_held_blocks_and_fails_loudly_if_they_stay(vllm_cpu_engine, monkeypatch):
+    """vLLM resets nothing while a request holds KV blocks, and says so only by returning False. After a weight
+    load none may run (new ones are held), so blocks still held are about to be freed: the reset waits for
+    them, and raises if they stay. A long generation stands for such blocks."""
+    import threading
+    import time
+
+    from reasonrank.engines.base import SamplingParams
+    from reasonrank.prompt import listwise_messages
+
+    messages = [listwise_messages("who first isolated zorvium", ["zorvium was isolated by a chemist", "a dog"])]
+    running = threading.Thread(target=vllm_cpu_engine.generate, daemon=True,
+                               args=(messages, SamplingParams(max_new_tokens=900, ignore_eos=True)))
+    running.start()
+    while vllm_cpu_engine.windows_in_flight() == 0:
+        time.sleep(0.01)
+    engine_class = type(vllm_cpu_engine)
+    monkeypatch.setattr(engine_class, "PREFIX_RESET_TIMEOUT_S", 0.5)
+    with pytest.raises(RuntimeError, match=r"prefix cache could not be reset: 1 request\(s\) still hold KV blocks"):
+        vllm_cpu_engine.reset_prefix_cache()
+    assert running.is_alive()
+    monkeypatch.setattr(engine_class, "PREFIX_RESET_TIMEOUT_S", 300.0)
+    vllm_cpu_engine.reset_prefix_cache()  # returns once the generation has let its blocks go
+    running.join(timeout=10)
+    assert not running.is_alive()
 
 
 @pytest.mark.parametrize("job, key", [("sft", "model.attn_implementation"), ("grpo", "learner.attn_implementation")])
@@ -244,7 +299,7 @@ def test_learners_are_strictly_packed_and_engines_kept_on_their_labelled_nodes(m
             raise _Stop
 
     monkeypatch.setattr(learner, "placement_group", placement_group)
-    monkeypatch.setattr(rollout_worker, "RolloutWorker", Worker)
+    monkeypatch.setattr(rollout_worker, "RemoteRolloutWorker", Worker)
     with pytest.raises(_Stop):
         learner.LearnerGroup(None, 4, 8.0, 1.0, {"reasonrank.io/role": "learner"})
     with pytest.raises(_Stop):

@@ -4,8 +4,10 @@ vLLM mixes `WeightReceiver` into its worker class, so these methods run with `se
 reached from the engine through `LLM.collective_rpc(<method name>, ...)`.
 
 Two ways in:
-- CPU (and any single machine): the whole state dict arrives as safetensors bytes, or as the path of a saved
-  Hugging Face folder. Plain tensors do not survive vLLM's multi-process RPC (they arrive as lists).
+- CPU (and any single machine): the whole state dict arrives as raw bytes in bounded pieces, one RPC each,
+  then one call loads them (see `reasonrank.engines.weight_pieces`: an RPC carries at most 4 GiB), or as the
+  path of a saved Hugging Face folder. Plain tensors do not survive vLLM's multi-process RPC (they arrive as
+  lists).
 - CUDA: an NCCL group between learner rank 0 and every engine worker; the learner broadcasts each tensor,
   and each worker receives it as the reload asks for the next one (see `reasonrank.engines.weight_broadcast`
   for the sending side). vLLM's reload is layer-wise: a layer is processed as soon as all its tensors are in,
@@ -91,11 +93,25 @@ class WeightReceiver:
             _refresh_packed_embeddings(self.model_runner.get_model())
         return loaded
 
-    def reasonrank_load_safetensors(self, payload: bytes) -> int:
-        """Load a whole state dict serialised with `safetensors.torch.save`."""
-        from safetensors.torch import load
+    def reasonrank_receive_piece(self, index: int, piece: bytes) -> int:
+        """Hold piece `index` of a state dict sent in pieces (0 begins a new one) until `reasonrank_load_pieces`."""
+        if index == 0:
+            self._reasonrank_pieces = []
+        pieces = self.__dict__.get("_reasonrank_pieces")
+        if pieces is None or len(pieces) != index:
+            raise RuntimeError(f"weight piece {index} arrived after {len(pieces or [])} pieces: an earlier push was "
+                               f"cut short; push the whole state dict again")
+        pieces.append(piece)
+        return len(piece)
 
-        return self._reasonrank_reload(load(payload).items())
+    def reasonrank_load_pieces(self, specs: list[tuple[str, str, tuple[int, ...]]]) -> int:
+        """Load the whole state dict the pieces received carry, one (name, dtype, shape) per tensor, in order."""
+        from collections import deque
+
+        from reasonrank.engines.weight_pieces import tensors_from_pieces
+
+        pieces = deque(self.__dict__.pop("_reasonrank_pieces", []))
+        return self._reasonrank_reload(tensors_from_pieces(specs, pieces))
 
     def reasonrank_load_folder(self, path: str) -> int:
         """Load the `*.safetensors` weights of a saved Hugging Face model folder (all shards)."""
@@ -112,18 +128,16 @@ class WeightReceiver:
         import torch
 
         if not torch.cuda.is_available():
-            raise RuntimeError("the NCCL weight broadcast needs CUDA; on CPU push safetensors bytes or a path")
-        from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
+            raise RuntimeError("the NCCL weight broadcast needs CUDA; on CPU push a state dict or a saved folder")
         from vllm.distributed.parallel_state import get_world_group
-        from vllm.distributed.utils import StatelessProcessGroup
+
+        from reasonrank.engines.weight_broadcast import nccl_communicator
 
         old = self.__dict__.pop("_reasonrank_nccl", None)
         if old is not None:  # a rebuilt group (an engine restarted): release the old communicator first
             old.destroy()
         rank = get_world_group().rank + rank_offset
-        group = StatelessProcessGroup.create(host=master_address, port=master_port, rank=rank,
-                                             world_size=world_size)
-        self._reasonrank_nccl = PyNcclCommunicator(group, device=self.device)
+        self._reasonrank_nccl = nccl_communicator(master_address, master_port, rank, world_size, self.device)
         return rank
 
     def reasonrank_receive_broadcast(self, specs: list[tuple[str, str, tuple[int, ...]]]) -> int:

@@ -1,4 +1,5 @@
-"""The sending side of the CUDA weight push: learner rank 0 broadcasts every tensor to the vLLM workers.
+"""The CUDA weight push: learner rank 0 broadcasts every tensor to the vLLM workers (the sending side here,
+the receiving side in `vllm_worker_extension`; both open their member of the group with `nccl_communicator`).
 
 Protocol (each side's calls block until the other side joins, so the engine side runs in another process
 or thread, e.g. a Ray actor's remote call):
@@ -10,12 +11,48 @@ or thread, e.g. a Ray actor's remote call):
     learner: broadcaster.broadcast(state_dict.items())
 
 Uses vLLM's stateless group and NCCL communicator, so the learner's own torch.distributed world is left
-untouched. CUDA only; on CPU push safetensors bytes or a saved folder with `VLLMEngine.update_weights`.
+untouched. CUDA only; on CPU push a state dict (sent in pieces) or a saved folder with
+`VLLMEngine.update_weights`.
 """
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+
+def nccl_communicator(master_address: str, master_port: int, rank: int, world_size: int, device: Any) -> Any:
+    """This process's member of the weight group: vLLM's NCCL communicator on a stateless group.
+
+    vLLM's communicator disables itself, silently, when libnccl cannot be loaded (or VLLM_DISABLE_PYNCCL is
+    set): every broadcast would then return at once having sent nothing, and the peers wait forever. A
+    disabled one is refused here, naming why, before anything is broadcast.
+    """
+    from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
+    from vllm.distributed.utils import StatelessProcessGroup
+
+    group = StatelessProcessGroup.create(host=master_address, port=master_port, rank=rank, world_size=world_size)
+    communicator = PyNcclCommunicator(group, device=device)
+    if not communicator.available or communicator.disabled:
+        raise RuntimeError(f"the NCCL weight group cannot work: rank {rank} of {world_size}'s NCCL communicator is "
+                           f"disabled ({_why_nccl_is_disabled(world_size)}); its broadcasts would send nothing")
+    return communicator
+
+
+def _why_nccl_is_disabled(world_size: int) -> str:
+    """vLLM's reasons to disable its NCCL communicator (it logs them at most, and returns no error)."""
+    import vllm.envs as envs
+    from vllm.distributed.device_communicators.pynccl_wrapper import NCCLLibrary
+
+    if world_size == 1:
+        return "a group of one member"
+    if envs.VLLM_DISABLE_PYNCCL:
+        return "VLLM_DISABLE_PYNCCL is set"
+    try:
+        NCCLLibrary()
+    except Exception as e:
+        return (f"libnccl could not be loaded: {e}; install the NCCL build torch was built with, or point "
+                f"VLLM_NCCL_SO_PATH at it")
+    return "vLLM gave no reason"
 
 
 def weight_specs(state_dict: Mapping[str, Any]) -> list[tuple[str, str, tuple[int, ...]]]:
@@ -31,12 +68,8 @@ class WeightBroadcaster:
 
         if not torch.cuda.is_available():
             raise RuntimeError("the NCCL weight broadcast needs CUDA")
-        from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
-        from vllm.distributed.utils import StatelessProcessGroup
-
         self.device = torch.device(device)
-        group = StatelessProcessGroup.create(host=master_address, port=master_port, rank=0, world_size=world_size)
-        self._communicator = PyNcclCommunicator(group, device=self.device)
+        self._communicator = nccl_communicator(master_address, master_port, 0, world_size, self.device)
 
     def close(self) -> None:
         """Release the communicator (an abort: safe when other members are already gone)."""
