@@ -297,9 +297,14 @@ def _clip(text: str, words: int = 12) -> str:
 
 
 def _pad(text: str, words: int, rng: random.Random) -> str:
-    while _words(text) < words:
-        text += " " + rng.choice(_FILLER)
-    return text
+    """`text` with filler sentences appended until it has `words` words (linear in `words`: a long reasoning
+    is built once, not re-counted after each sentence)."""
+    parts, count = [text], _words(text)
+    while count < words:
+        filler = rng.choice(_FILLER)
+        parts.append(filler)
+        count += _words(filler)
+    return " ".join(parts)
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
