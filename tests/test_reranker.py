@@ -163,7 +163,7 @@ def test_local_backends_rank_completely(backend, tiny_model_dir):
 _RANK_A_FEW = """
 import asyncio, gc, sys
 from reasonrank import Reranker
-from reasonrank.config import StrategyConfig
+from reasonrank.strategies import StrategyConfig
 
 base_url, ending = sys.argv[1], sys.argv[2]
 docs = [f"passage {i} about cats" for i in range(6)]

@@ -110,7 +110,7 @@ def fakes(ray_cluster, tiny_model_dir):
             record(("end", self.index))
             version = self.weights_version
             return [Generation("", len(self.tokenizer(render(self.tokenizer, m), add_special_tokens=False)["input_ids"]),
-                               1, BATCH_S, token_ids=[0], logprobs=[0.0], extra={"weights_version": version})
+                               1, BATCH_S, token_ids=[0], logprobs=[0.0], weights_version=version)
                     for m in batch for _ in range(params.n)]
 
         def init_broadcast_group(self, addr, port, offset, world_size):
