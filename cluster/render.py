@@ -1,12 +1,16 @@
 """Render the KubeRay manifests in cluster/manifests/ from one template and the profiles below.
 
-    python -m cluster.render [--image REGISTRY/reasonrank:TAG] [--storage s3://BUCKET/PREFIX] [--out DIR]
+    python -m cluster.render [--image REGISTRY/reasonrank:TAG] [--storage s3://BUCKET/PREFIX] [--out DIR] [--spot]
 
 One RayCluster spec (cluster/templates/raycluster.yaml) is shared by the standing cluster, every stage's
 RayJob and the RayService, so they cannot disagree on the image, the head or the pods; what differs is which
 worker groups a manifest has and their sizes (the paper's profiles). The RayService's serveConfigV2 is built
 from the same serve config file a local `serve` run reads. The committed manifests are this module's output
 for the defaults; a test re-renders them and fails on any difference.
+
+`--spot` puts the GPU worker groups of every RayJob on spot capacity (the template's spotScheduling: node
+selector, toleration); CPU groups and the head stay on on-demand nodes (docs/spot.md: what a preemption costs
+each stage).
 """
 from __future__ import annotations
 
@@ -252,7 +256,13 @@ def k8s_name(name: str) -> str:
     return "reasonrank-" + name.replace(".", "-")
 
 
-def rayjob(template: dict[str, Any], job: StageJob, image: str, storage: str) -> dict[str, Any]:
+def on_spot(groups: tuple[Group, ...]) -> tuple[Group, ...]:
+    """The GPU groups moved to spot capacity; CPU groups as they are."""
+    return tuple(g.sized(spot=True) if g.gpus else g for g in groups)
+
+
+def rayjob(template: dict[str, Any], job: StageJob, image: str, storage: str, spot: bool = False) -> dict[str, Any]:
+    groups = on_spot(job.groups) if spot else job.groups
     return {
         "apiVersion": "ray.io/v1",
         "kind": "RayJob",
@@ -263,18 +273,18 @@ def rayjob(template: dict[str, Any], job: StageJob, image: str, storage: str) ->
             "backoffLimit": job.backoff_limit,
             "shutdownAfterJobFinishes": True,
             "ttlSecondsAfterFinished": 600,
-            "rayClusterSpec": cluster_spec(template, job.groups, image),
+            "rayClusterSpec": cluster_spec(template, groups, image),
         },
     }
 
 
-def render(image: str = DEFAULT_IMAGE, storage: str = DEFAULT_STORAGE) -> dict[str, str]:
-    """Every manifest: file name → YAML text."""
+def render(image: str = DEFAULT_IMAGE, storage: str = DEFAULT_STORAGE, spot: bool = False) -> dict[str, str]:
+    """Every manifest: file name → YAML text (`spot`: the RayJobs' GPU groups on spot capacity)."""
     template = load_template()
     docs = {"raycluster.yaml": raycluster(template, image),
             "raycluster-gcs-ft.yaml": raycluster(template, image, gcs_fault_tolerance=True)}
     for job in STAGE_JOBS:
-        docs[f"rayjob-{job.name}.yaml"] = rayjob(template, job, image, storage)
+        docs[f"rayjob-{job.name}.yaml"] = rayjob(template, job, image, storage, spot)
     for profile in SERVICES:
         docs[f"rayservice-{profile.name}.yaml"] = rayservice(template, profile, image)
     return {name: HEADER + to_yaml(doc) for name, doc in docs.items()}
@@ -295,10 +305,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storage", default=DEFAULT_STORAGE,
                         help="s3:// or gs:// prefix for the stages' outputs and checkpoints")
     parser.add_argument("--out", type=Path, default=MANIFESTS, help="where the manifests go")
+    parser.add_argument("--spot", action="store_true",
+                        help="the RayJobs' GPU worker groups on spot capacity (the head and CPU groups on-demand)")
     args = parser.parse_args(argv)
     if not args.storage.startswith(("s3://", "gs://")):
         parser.error(f"--storage {args.storage}: an s3:// or gs:// URI, which a rerun on new nodes still reaches")
-    manifests = render(args.image, args.storage)
+    manifests = render(args.image, args.storage, args.spot)
     write(args.out, manifests)
     print(f"wrote {len(manifests)} manifests to {args.out}: {', '.join(sorted(manifests))}")
     return 0

