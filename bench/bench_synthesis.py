@@ -46,7 +46,7 @@ def _child(args: argparse.Namespace) -> None:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    lists = args.labels // args.queries - WINDOW
+    lists = args.labels[0] // args.queries - WINDOW
     start = time.perf_counter()
     summary = run(str(REPO / "configs" / "synthesize-demo.yaml"), {
         "output_dir": args.out, "data.demo_dir": args.demo, "data.limit": args.queries,
