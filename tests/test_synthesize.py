@@ -146,3 +146,4 @@ def test_a_job_killed_mid_run_and_rerun_labels_every_item_exactly_once(ray_clust
     assert len(labelled) == len(set(labelled)) == ITEMS  # none lost, none duplicated
     raw = _raw_label_keys(out)
     assert set(raw) == set(labelled) and len(raw) == ITEMS  # nor written twice
+
