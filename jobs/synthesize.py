@@ -123,8 +123,7 @@ def synthesize(cfg: SynthesizeConfig) -> dict[str, Any]:
         progress.status("self-consistency filter, SFT and RL sets")
         assembled = dataflow.assemble_dataset(requests, labels_path, errors_path, spec, cfg.alpha, n_items)
         storage.makedirs(cfg.output_dir)
-        dataflow.write_tables(assembled, cfg.output_dir, {"errors": ERROR_SCHEMA})
-        counts = dataflow.summed_counts(assembled)
+        counts = dataflow.write_tables(assembled, cfg.output_dir, {"errors": ERROR_SCHEMA})
         return _report(cfg, n_items, counts, this_run, served, already=n_items - n_todo)
 
 

@@ -179,3 +179,28 @@ def test_the_driver_never_holds_the_labels_rows(ray_cluster, demo_data, tmp_path
     assert short["labelled"] == long["labelled"] == ITEMS and long["kept"] > 0
     assert len(pq.read_table(tmp_path / "long" / "sft.parquet")) == long["kept"]
     assert reasoning > 6e6 and long_peak - short_peak < reasoning / 2
+
+
+def test_tables_are_written_in_request_order_whatever_order_the_groups_arrive_in(ray_cluster, tmp_path):
+    """The shuffle hands the queries' groups back in no fixed order (and over several blocks); each table comes
+    out in the requests' order, each query's rows in their own order, and the counts summed across blocks."""
+    import ray.data
+
+    from reasonrank.teacher.dataflow import COUNT, write_tables
+
+    def group(position: int, qid: str) -> list[dict]:
+        rows = [("sft", {"qid": qid, "n": 0}), ("sft", {"qid": qid, "n": 1}), ("filter", {"qid": qid, "kept": True})]
+        return ([{"table": t, "record": json.dumps(r), "count": 0, "position": position, "seq": i}
+                 for i, (t, r) in enumerate(rows)]
+                + [{"table": COUNT, "record": "lists", "count": 2, "position": position, "seq": len(rows)}])
+
+    requests = ["q10", "q2", "q7", "q1", "q30"]  # request order, not the ids' sort order
+    arrival = [3, 0, 4, 1, 2]
+    rows = [row for position in arrival for row in group(position, requests[position])]
+    counts = write_tables(ray.data.from_items(rows, override_num_blocks=5), str(tmp_path), {})
+    sft = pq.read_table(tmp_path / "sft.parquet").to_pylist()
+    assert [(r["qid"], r["n"]) for r in sft] == [(q, n) for q in requests for n in (0, 1)]
+    assert pq.read_table(tmp_path / "filter.parquet").column("qid").to_pylist() == requests
+    assert counts == {"lists": 10}
+    assert pq.read_table(tmp_path / "rl.parquet").num_rows == 0
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # the staged parts are gone

@@ -22,6 +22,7 @@ from collections import Counter
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from reasonrank import storage
@@ -131,7 +132,7 @@ def parts_dataset(path: str, source: str):
 def requests_dataset(requests: list[RerankRequest], rows_per_block: int = 64):
     import ray.data
 
-    return ray.data.from_items([request_row(r) for r in requests],
+    return ray.data.from_items([request_row(r) | {"position": i} for i, r in enumerate(requests)],
                                override_num_blocks=max(1, math.ceil(len(requests) / rows_per_block)))
 
 
@@ -148,15 +149,20 @@ def _as_payload(source: str, batch: pa.Table) -> pa.Table:
 
 def assemble_query(group: pa.Table, spec: ItemSpec, alpha: float) -> pa.Table:
     """map_groups UDF: one query's request, labels and errors → its rows of every output table (`table`,
-    `record` as JSON) and its counts (`table` = "count", `record` the name, `count`)."""
+    `record` as JSON) and its counts (`table` = "count", `record` the name, `count`), each row placed by the
+    request's position in the job and its own within the query (`position`, `seq`): the groups come out of
+    the shuffle in no fixed order, the tables are written in this one."""
     rows = sorted(group.to_pylist(), key=lambda r: r["order"])  # part-name order, as the store reads
     requests = [json.loads(r["payload"]) for r in rows if r["source"] == "request"]
     out: list[tuple[str, str, int]] = []
+    position = -1
     if requests:  # labels of a query that is no longer asked for are not used
+        position = requests[0]["position"]
         out = _assemble(request_from_row(requests[0]), rows, spec, ConsistencyFilter(alpha))
     tables, records, counts = zip(*out) if out else ((), (), ())
     return pa.table({"table": pa.array(tables, pa.string()), "record": pa.array(records, pa.string()),
-                     "count": pa.array(counts, pa.int64())})
+                     "count": pa.array(counts, pa.int64()), "position": pa.array([position] * len(out), pa.int64()),
+                     "seq": pa.array(range(len(out)), pa.int64())})
 
 
 def _assemble(request: RerankRequest, rows: list[dict[str, Any]], spec: ItemSpec,
@@ -199,15 +205,6 @@ def assemble_dataset(requests_ds, labels_path: str, errors_path: str, spec: Item
         assemble_query, fn_kwargs={"spec": spec, "alpha": alpha}, batch_format="pyarrow").materialize()
 
 
-def summed_counts(assembled) -> dict[str, int]:
-    """The groups' counts, summed by name (a few dozen numbers reach the driver)."""
-    counts = assembled.filter(expr=f"table == '{COUNT}'")
-    if counts.count() == 0:
-        return {}
-    totals = counts.groupby("record", num_partitions=1).sum("count").take_all()
-    return {row["record"]: int(row["sum(count)"]) for row in totals}
-
-
 def per_domain(counts: dict[str, int]) -> dict[str, dict[str, int]]:
     domains = sorted({name.split("/")[1] for name in counts if name.startswith("domain/")})
     return {d: {s: counts.get(f"domain/{d}/{s}", 0) for s in STATES} for d in domains}
@@ -217,45 +214,55 @@ def prefixed(counts: dict[str, int], prefix: str) -> dict[str, int]:
     return {name[len(prefix):]: n for name, n in counts.items() if name.startswith(prefix)}
 
 
-def write_tables(assembled, out_dir: str, schemas: dict[str, pa.Schema]) -> None:
-    """Each output table to `<out_dir>/<name>.parquet`: written as parts by Ray Data, combined into the one file
-    by a Ray task (the driver handles no row); `schemas` fixes a table's schema (otherwise inferred)."""
+def write_tables(assembled, out_dir: str, schemas: dict[str, pa.Schema]) -> dict[str, int]:
+    """Each output table to `<out_dir>/<name>.parquet`, and the groups' counts summed by name (a few dozen numbers
+    reach the driver, no row). One Ray Data write stages every row, tagged with its table, as parts sorted by
+    (`position`, `seq`); a Ray task then combines each table's rows into its one file and sums the counts.
+    `schemas` fixes a table's schema (otherwise inferred)."""
     import ray
 
-    staged = []
-    for name in TABLES:
-        staging = storage.join(out_dir, f".{name}-parts-{uuid.uuid4().hex[:8]}")
-        rows = assembled.filter(expr=f"table == '{name}'").map(_record)
-        fs, root = storage.filesystem(staging)
-        rows.write_parquet(root, filesystem=_arrow_fs(fs))
-        staged.append((staging, storage.join(out_dir, f"{name}.parquet"), schemas.get(name)))
-    ray.get(ray.remote(num_cpus=0.25)(_combine_all).remote(staged))
-
-
-def _combine_all(staged: list[tuple[str, str, pa.Schema | None]]) -> None:
-    for staging, dest, schema in staged:
-        _combine_parts(staging, dest, schema)
-
-
-def _record(row: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(row["record"])
-
-
-def _combine_parts(staging: str, dest: str, schema: pa.Schema | None) -> None:
-    """The Parquet parts under `staging`, in name order, as the one file `dest` (one part in memory at a time);
-    `staging` is removed. Column types are unified across parts (a column null in one part, typed in another)."""
+    staging = storage.join(out_dir, f".parts-{uuid.uuid4().hex[:8]}")
     fs, root = storage.filesystem(staging)
-    files = [f"{root}/{n}" for n in storage.listdir(staging) if n.endswith(".parquet")]
-    if schema is None:
-        schemas = [pq.read_schema(f, filesystem=fs) for f in files]
-        schema = pa.unify_schemas(schemas, promote_options="permissive") if schemas else pa.schema([])
-    with storage.writing(dest) as local, pq.ParquetWriter(local, schema) as writer:
-        for f in files:
-            table = pq.read_table(f, filesystem=fs)
-            if table.num_rows:
-                writer.write_table(table.select(schema.names).cast(schema))
+    assembled.sort(["position", "seq"]).write_parquet(root, filesystem=_arrow_fs(fs))
+    return ray.get(ray.remote(num_cpus=0.25)(_combine_all).remote(staging, out_dir, schemas))
+
+
+def _combine_all(staging: str, out_dir: str, schemas: dict[str, pa.Schema]) -> dict[str, int]:
+    parts = [storage.join(staging, n) for n in storage.listdir(staging) if n.endswith(".parquet")]
+    for name in TABLES:
+        _combine_parts(parts, name, storage.join(out_dir, f"{name}.parquet"), schemas.get(name))
+    counts: Counter = Counter()
+    for part in parts:
+        rows = _rows_of(part, COUNT)
+        for name, n in zip(rows.column("record").to_pylist(), rows.column("count").to_pylist()):
+            counts[name] += n
+    fs, root = storage.filesystem(staging)
     if fs.exists(root):
         fs.rm(root, recursive=True)
+    return {name: int(n) for name, n in counts.items()}
+
+
+def _rows_of(part: str, table: str) -> pa.Table:
+    """The rows of staged `part` that belong to `table`, in their order."""
+    fs, root = storage.filesystem(part)
+    rows = pq.read_table(root, filesystem=fs)
+    return rows.filter(pc.equal(rows.column("table"), table))
+
+
+def _combine_parts(parts: list[str], table: str, dest: str, schema: pa.Schema | None) -> None:
+    """The JSON records of `table` in `parts`, in order, as the one typed file `dest` (one part in memory at a
+    time). Column types are unified across parts (a column null in one part, typed in another)."""
+    def records(part: str) -> pa.Table:
+        return pa.Table.from_pylist([json.loads(r) for r in _rows_of(part, table).column("record").to_pylist()])
+
+    if schema is None:
+        schemas = [t.schema for t in map(records, parts) if t.num_rows]
+        schema = pa.unify_schemas(schemas, promote_options="permissive") if schemas else pa.schema([])
+    with storage.writing(dest) as local, pq.ParquetWriter(local, schema) as writer:
+        for part in parts:
+            rows = records(part)
+            if rows.num_rows:
+                writer.write_table(rows.select(schema.names).cast(schema))
 
 
 def _arrow_fs(fs: Any):
