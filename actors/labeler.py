@@ -7,7 +7,7 @@ Each actor owns one OpenAIEngine on the event loop Ray Data runs async UDFs on, 
 the batches it is given share one client, one concurrency bound and one rate limiter, and many are in
 flight at once. A finished batch is written by the actor itself as a label part and an error part under
 the storage path, before the batch is reported done: what was labelled is kept even if the job dies
-right after. The rows it returns are a summary for the driver's progress and totals.
+right after. It returns one row of counts per batch (labels, errors, tokens): what the driver adds up.
 """
 from __future__ import annotations
 
@@ -38,10 +38,9 @@ class TeacherLabeler:
         errors = [row for status, row in results if status == "error"]
         await asyncio.to_thread(self.labels.write, labels)
         await asyncio.to_thread(self.errors.write, errors)
-        summary = [{"key": row["key"], "kind": row["kind"], "domain": row["domain"], "status": status,
-                    "reason": row.get("reason", ""), "prompt_tokens": row.get("prompt_tokens", 0),
-                    "completion_tokens": row.get("completion_tokens", 0)} for status, row in results]
-        return pa.Table.from_pylist(summary)
+        return pa.table({"label": [len(labels)], "error": [len(errors)],
+                         "tokens_in": [sum(row["prompt_tokens"] or 0 for row in labels)],
+                         "tokens_out": [sum(row["completion_tokens"] or 0 for row in labels)]})
 
     def __del__(self):  # Ray Data drops the UDF when its actor shuts down gracefully
         self.engine.close()

@@ -12,6 +12,11 @@ A rerun (after a crash, a kill, or to retry failures) labels only what is not la
 stable, so each item ends labelled exactly once. Then the self-consistency filter keeps a list when the
 teacher's ranking scores NDCG@10 >= alpha against its own pointwise labels.
 
+Every step runs on Ray Data (reasonrank/teacher/dataflow.py): items are made from the queries in Ray tasks,
+the labels are read back from their parts, each query's pointwise and listwise labels meet in one group of a
+groupby, where the filter runs and the SFT and RL rows are built, and the tables are written as Parquet by
+Ray. The driver holds the dataset it loads and counts, never an item, label or training row (docs/synthesis.md).
+
 Outputs under `output_dir`: labels/ (raw: full responses and reasoning), pointwise.parquet,
 listwise.parquet, filter.parquet (score and state per list), sft.parquet, rl.parquet, errors.parquet,
 summary.json and filter_by_domain.png.
@@ -33,7 +38,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.compute  # noqa: F401  (pa.compute)
 from pydantic import Field, model_validator
 
 from jobs.common import init_ray, main
@@ -41,14 +46,11 @@ from jobs.progress import StageProgress
 from reasonrank import fingerprint, storage
 from reasonrank.config import ConfigError, DataConfig, EngineConfig, PromptConfig, SamplingConfig, Strict, load_config
 from reasonrank.data.dataset import RetrievalDataset
-from reasonrank.data.tables import write_records
-from reasonrank.prompt import PassageTruncator
-from reasonrank.teacher.assemble import STATES, Assembly, assemble, outstanding_errors
-from reasonrank.teacher.consistency import DEFAULT_ALPHA, ConsistencyFilter
-from reasonrank.teacher.items import LabelItem, teacher_items
-from reasonrank.teacher.labeling import ERROR_SCHEMA, LABEL_SCHEMA
+from reasonrank.teacher import dataflow
+from reasonrank.teacher.assemble import STATES
+from reasonrank.teacher.consistency import DEFAULT_ALPHA
+from reasonrank.teacher.labeling import ERROR_SCHEMA
 from reasonrank.teacher.simulated import SimulatedTeacher, SimulationConfig
-from reasonrank.teacher.store import PartStore
 
 log = logging.getLogger("jobs.synthesize")
 
@@ -94,30 +96,35 @@ def run(config_path: str, overrides: dict[str, Any]) -> dict[str, Any]:
 
 
 def synthesize(cfg: SynthesizeConfig) -> dict[str, Any]:
+    """Every step a Ray Data operation (reasonrank/teacher/dataflow.py): the driver holds the dataset it
+    loads and counts, never an item, label or training row."""
+    import ray
+
     fingerprint.check_and_record(cfg.output_dir, "synthesize", results_fingerprint(cfg))
     dataset = cfg.data.load()
-    truncate = _truncator(cfg.teacher)
-    requests = dataset.requests(cfg.teacher.window_size)
-    items = [item for r in requests for item in teacher_items(r, cfg.teacher.engine.model, cfg.teacher.window_size,
-                                                              truncate, cfg.teacher.use_answer, cfg.shuffled_lists)]
-    labels_store = PartStore(storage.join(cfg.output_dir, "labels"), LABEL_SCHEMA)
-    errors_store = PartStore(storage.join(cfg.output_dir, "errors"), ERROR_SCHEMA)
-    done = labels_store.read()
-    todo = [item for item in items if item.key not in done]
-    log.info("%d queries, %d items: %d already labelled, %d to label", len(requests), len(items),
-             len(items) - len(todo), len(todo))
+    init_ray(cfg.ray_num_cpus)
+    dataflow.configure_ray_data()
+    spec = _item_spec(cfg)
+    requests = dataflow.requests_dataset(dataset.requests(cfg.teacher.window_size))
+    labels_path, errors_path = storage.join(cfg.output_dir, "labels"), storage.join(cfg.output_dir, "errors")
+    items = requests.flat_map(spec.item_rows).materialize()
+    todo = items.map_batches(dataflow.Unlabelled, fn_constructor_kwargs={"labels_path": labels_path},
+                             batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1)).materialize()
+    n_items, n_todo = items.count(), todo.count()
+    del items
+    log.info("%d items: %d already labelled, %d to label", n_items, n_items - n_todo, n_todo)
     this_run: Counter = Counter()
     served: dict[str, Any] = {}
-    with StageProgress("synthesize", len(items), "teacher labels", cfg.output_dir,
-                       done=len(items) - len(todo)) as progress:
-        if todo:
+    with StageProgress("synthesize", n_items, "teacher labels", cfg.output_dir, done=n_items - n_todo) as progress:
+        if n_todo:
             with _teacher_endpoint(cfg.teacher, dataset, served) as engine:
-                this_run = _label(cfg, engine, todo, labels_store.path, errors_store.path, progress)
+                this_run = _label(cfg, engine, todo, n_todo, labels_path, errors_path, progress)
+        del todo
         progress.status("self-consistency filter, SFT and RL sets")
-        labels = labels_store.read()
-        errors = outstanding_errors(errors_store.rows(), labels)
-        assembly = assemble(requests, items, labels, errors, ConsistencyFilter(cfg.alpha), truncate)
-        return _report(cfg, items, labels, assembly, this_run, served, already=len(items) - len(todo))
+        assembled = dataflow.assemble_dataset(requests, labels_path, errors_path, spec, cfg.alpha, n_items)
+        storage.makedirs(cfg.output_dir)
+        counts = dataflow.write_tables(assembled, cfg.output_dir, {"errors": ERROR_SCHEMA})
+        return _report(cfg, n_items, counts, this_run, served, already=n_items - n_todo)
 
 
 def results_fingerprint(cfg: SynthesizeConfig) -> dict[str, Any]:
@@ -129,12 +136,11 @@ def results_fingerprint(cfg: SynthesizeConfig) -> dict[str, Any]:
         "teacher.simulation.hang_s"))
 
 
-def _truncator(teacher: TeacherConfig) -> PassageTruncator:
-    if teacher.passage_tokenizer is None:
-        return PassageTruncator(None, None)
-    from transformers import AutoTokenizer
-
-    return PassageTruncator(AutoTokenizer.from_pretrained(teacher.passage_tokenizer), teacher.passage_max_tokens)
+def _item_spec(cfg: SynthesizeConfig) -> dataflow.ItemSpec:
+    teacher = cfg.teacher
+    return dataflow.ItemSpec(teacher.engine.model, teacher.window_size, teacher.passage_tokenizer,
+                             teacher.passage_max_tokens if teacher.passage_tokenizer else None,
+                             teacher.use_answer, cfg.shuffled_lists)
 
 
 @contextlib.contextmanager
@@ -174,14 +180,13 @@ def _per_labeler(engine: EngineConfig, labelers: int) -> EngineConfig:
                                      "tokens_per_min": share(engine.tokens_per_min)})
 
 
-def _label(cfg: SynthesizeConfig, engine: EngineConfig, todo: list[LabelItem], labels_path: str,
+def _label(cfg: SynthesizeConfig, engine: EngineConfig, todo: Any, n_todo: int, labels_path: str,
            errors_path: str, progress: StageProgress) -> Counter:
-    """Label `todo` on Ray Data over the actor pool; returns this run's counts and token totals."""
+    """Label the `todo` dataset over the actor pool; returns this run's counts and token totals."""
     import ray
 
     from actors.labeler import TeacherLabeler
 
-    init_ray(cfg.ray_num_cpus)
     params = cfg.teacher.sampling.params()
     per_labeler = _per_labeler(engine, cfg.labelers)
     # One batch per block, and enough batches running in each actor at once that its request slots stay busy.
@@ -189,8 +194,7 @@ def _label(cfg: SynthesizeConfig, engine: EngineConfig, todo: list[LabelItem], l
     # several times a typical request's time, so each actor holds eight times the items it has slots for:
     # with twice, the demo's labelling (5% of calls faulting) took 88 s, with eight 30 s.
     batches_per_labeler = 8 * math.ceil(per_labeler.max_concurrency / cfg.batch_size)
-    rows = [item.to_row() for item in todo]
-    results = ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / cfg.batch_size)).map_batches(
+    results = todo.repartition(math.ceil(n_todo / cfg.batch_size)).map_batches(
         TeacherLabeler,
         fn_constructor_kwargs={"engine": per_labeler.model_dump(), "sampling": dataclasses.asdict(params),
                                "labels_path": labels_path, "errors_path": errors_path},
@@ -200,39 +204,38 @@ def _label(cfg: SynthesizeConfig, engine: EngineConfig, todo: list[LabelItem], l
     )
     counts: Counter = Counter()
     for batch in results.iter_batches(batch_size=None, batch_format="pyarrow"):
-        for row in batch.to_pylist():
-            counts[row["status"]] += 1
-            counts["tokens_in"] += row["prompt_tokens"] or 0
-            counts["tokens_out"] += row["completion_tokens"] or 0
-        progress.advance(batch.num_rows, f"{counts['error']} failed" if counts["error"] else None)
+        for name in ("label", "error", "tokens_in", "tokens_out"):
+            counts[name] += pa.compute.sum(batch.column(name)).as_py() or 0
+        progress.advance(int(pa.compute.sum(batch.column("label")).as_py() or 0)
+                         + int(pa.compute.sum(batch.column("error")).as_py() or 0),
+                         f"{counts['error']} failed" if counts["error"] else None)
     return counts
 
 
-def _report(cfg: SynthesizeConfig, items: list[LabelItem], labels: dict[str, dict], assembly: Assembly,
-            this_run: Counter, served: dict[str, Any], already: int) -> dict[str, Any]:
+def _report(cfg: SynthesizeConfig, n_items: int, counts: dict[str, int], this_run: Counter,
+            served: dict[str, Any], already: int) -> dict[str, Any]:
     out = cfg.output_dir
-    mine = [labels[i.key] for i in items if i.key in labels]
-    states = Counter(d["state"] for d in assembly.decisions)
-    per_domain = {domain: {s: counts[s] for s in STATES} for domain, counts in sorted(assembly.per_domain.items())}
+    per_domain = dataflow.per_domain(counts)
+    failed = counts.get("failed", 0)
     summary = {
         "teacher": "simulated" if cfg.teacher.simulated else cfg.teacher.engine.model,
-        "items": len(items),
-        "labelled": len(mine),
+        "items": n_items,
+        "labelled": counts.get("labelled", 0),
         "already_labelled": already,
         "labelled_this_run": this_run["label"],
-        "failed": len(assembly.errors),
-        "failure_reasons": dict(Counter(e["reason"] for e in assembly.errors)),
-        "retried_for": dict(Counter(reason for r in mine for reason in r["retried_for"])),  # absorbed faults
-        "pending": len(items) - len(mine) - len(assembly.errors),
-        "queries": len({d["qid"] for d in assembly.decisions}),
-        "lists": len(assembly.decisions),
-        "kept": states["kept"],
-        "filtered_out": states["dropped"],
-        "lists_failed": states["failed"],
-        "lists_pending": states["pending"],
+        "failed": failed,
+        "failure_reasons": dataflow.prefixed(counts, "failure_reason/"),
+        "retried_for": dataflow.prefixed(counts, "retried_for/"),  # absorbed faults
+        "pending": n_items - counts.get("labelled", 0) - failed,
+        "queries": counts.get("queries", 0),
+        "lists": counts.get("lists", 0),
+        "kept": counts.get("state/kept", 0),
+        "filtered_out": counts.get("state/dropped", 0),
+        "lists_failed": counts.get("state/failed", 0),
+        "lists_pending": counts.get("state/pending", 0),
         "alpha": cfg.alpha,
-        "tokens_in": sum(r["prompt_tokens"] for r in mine),
-        "tokens_out": sum(r["completion_tokens"] for r in mine),
+        "tokens_in": counts.get("tokens_in", 0),
+        "tokens_out": counts.get("tokens_out", 0),
         "tokens_in_this_run": this_run["tokens_in"],
         "tokens_out_this_run": this_run["tokens_out"],
         "per_domain": per_domain,
@@ -240,12 +243,6 @@ def _report(cfg: SynthesizeConfig, items: list[LabelItem], labels: dict[str, dic
     }
     if cfg.teacher.simulated:
         summary["simulated_teacher_this_run"] = served
-    storage.makedirs(out)
-    for name, rows in (("pointwise", assembly.pointwise), ("listwise", assembly.listwise),
-                       ("filter", assembly.decisions), ("sft", assembly.sft), ("rl", assembly.rl)):
-        write_records(storage.join(out, f"{name}.parquet"), rows)
-    with storage.open_file(storage.join(out, "errors.parquet"), "wb") as f:  # its columns even when empty
-        pq.write_table(pa.Table.from_pylist(assembly.errors, schema=ERROR_SCHEMA), f)
     storage.write_text_atomic(storage.join(out, "summary.json"), json.dumps(summary, indent=2))
     _plot_per_domain(per_domain, storage.join(out, "filter_by_domain.png"), cfg.alpha)
     print(_summary_table(summary))

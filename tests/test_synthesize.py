@@ -146,3 +146,61 @@ def test_a_job_killed_mid_run_and_rerun_labels_every_item_exactly_once(ray_clust
     assert len(labelled) == len(set(labelled)) == ITEMS  # none lost, none duplicated
     raw = _raw_label_keys(out)
     assert set(raw) == set(labelled) and len(raw) == ITEMS  # nor written twice
+
+def _driver_peak(demo_data, out: Path, reasoning_words: int) -> tuple[dict, int]:
+    """The job's summary and the peak of the Python memory the driver (this process) allocated during it."""
+    import tracemalloc
+
+    overrides = _overrides(demo_data, out, **{"teacher.simulation.reasoning_words": reasoning_words,
+                                              "teacher.simulation.fault_rate": 0.0, "teacher.simulation.latency_s": 0,
+                                              "teacher.sampling.max_new_tokens": 2 * reasoning_words + 1000,
+                                              "teacher.engine.request_timeout_s": 60, "teacher.engine.max_concurrency": 4,
+                                              "batch_size": 4})
+    tracemalloc.start()
+    try:
+        summary = run(str(DEMO_CONFIG), overrides)
+        return summary, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.slow
+def test_the_driver_never_holds_the_labels_rows(ray_cluster, demo_data, tmp_path):
+    """The same job twice, its labels' reasoning 10 words long, then 20,000 (about 125 KB a label): the driver's
+    peak Python memory grows by far less than the reasoning weighs, so no label row (nor a filter, SFT or RL row
+    built from one) was gathered in it; only requests in flight to the simulated teacher (a test double that
+    runs in the driver) pass through it, 4 at a time."""
+    _driver_peak(demo_data, tmp_path / "warm-up", 10)  # the first run's one-off allocations (imports, Ray Data)
+    short, short_peak = _driver_peak(demo_data, tmp_path / "short", 10)
+    long, long_peak = _driver_peak(demo_data, tmp_path / "long", 20_000)
+    reasoning = sum(len(row["reasoning"]) for row in PartStore(str(tmp_path / "long" / "labels"), LABEL_SCHEMA).rows())
+    print(f"\ndriver's peak Python allocations {short_peak / 1e6:.1f} MB with short reasoning, {long_peak / 1e6:.1f} MB "
+          f"with {reasoning / 1e6:.1f} MB of it")
+    assert short["labelled"] == long["labelled"] == ITEMS and long["kept"] > 0
+    assert len(pq.read_table(tmp_path / "long" / "sft.parquet")) == long["kept"]
+    assert reasoning > 6e6 and long_peak - short_peak < reasoning / 2
+
+
+def test_tables_are_written_in_request_order_whatever_order_the_groups_arrive_in(ray_cluster, tmp_path):
+    """The shuffle hands the queries' groups back in no fixed order (and over several blocks); each table comes
+    out in the requests' order, each query's rows in their own order, and the counts summed across blocks."""
+    import ray.data
+
+    from reasonrank.teacher.dataflow import COUNT, write_tables
+
+    def group(position: int, qid: str) -> list[dict]:
+        rows = [("sft", {"qid": qid, "n": 0}), ("sft", {"qid": qid, "n": 1}), ("filter", {"qid": qid, "kept": True})]
+        return ([{"table": t, "record": json.dumps(r), "count": 0, "position": position, "seq": i}
+                 for i, (t, r) in enumerate(rows)]
+                + [{"table": COUNT, "record": "lists", "count": 2, "position": position, "seq": len(rows)}])
+
+    requests = ["q10", "q2", "q7", "q1", "q30"]  # request order, not the ids' sort order
+    arrival = [3, 0, 4, 1, 2]
+    rows = [row for position in arrival for row in group(position, requests[position])]
+    counts = write_tables(ray.data.from_items(rows, override_num_blocks=5), str(tmp_path), {})
+    sft = pq.read_table(tmp_path / "sft.parquet").to_pylist()
+    assert [(r["qid"], r["n"]) for r in sft] == [(q, n) for q in requests for n in (0, 1)]
+    assert pq.read_table(tmp_path / "filter.parquet").column("qid").to_pylist() == requests
+    assert counts == {"lists": 10}
+    assert pq.read_table(tmp_path / "rl.parquet").num_rows == 0
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # the staged parts are gone
