@@ -23,7 +23,8 @@ from tests.rerank_load import RerankLoad
 from tests.scripted_model import DOCS, QUERY, expected_order, scripted_model, scripted_serve_config
 from tests.serving import serving
 
-pytestmark = pytest.mark.filterwarnings("ignore:The `metrics_interval_s` field:DeprecationWarning")  # Ray still reads it
+# Ray marks metrics_interval_s deprecated (warning each time it reads a non-default value) and still reads it.
+pytestmark = pytest.mark.filterwarnings("ignore:The `metrics_interval_s` field:DeprecationWarning")
 
 APP = "reranker-autoscaled"
 WINDOW_LATENCY_S = 0.25  # the scripted model's time per window: a request (three windows) takes about 0.8 s
@@ -105,7 +106,7 @@ def test_load_brings_a_second_serving_replica_and_idleness_takes_it_away(ray_clu
     assert [o for o in outcomes if o.status != 200] == []  # none failed, across both changes
     assert {o.order for o in outcomes} == {tuple(expected_order(len(DOCS)))}
     finished = sorted(o.finished for o in outcomes)
-    assert max(b - a for a, b in zip(finished, finished[1:])) < 5  # answers kept coming throughout
+    assert max(b - a for a, b in zip(finished, finished[1:])) < 10  # answers kept coming throughout (~2 s apart)
     after = [replica_of.get(o.request_id) for o in outcomes[scaled_down:]]
     (left,) = set(after)  # after the scale-down one replica answers everything ...
     assert left in during_load and len(after) >= AFTER_SCALE_DOWN  # ... one of the two that served the load
