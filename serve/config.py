@@ -15,19 +15,51 @@ from reasonrank.strategies import StrategyConfig
 
 
 class Autoscaling(Strict):
-    """Ray Serve autoscaling: replicas are added while each has more than `target_ongoing_requests`."""
+    """Ray Serve autoscaling of the model replicas (docs/autoscaling.md says how to choose each key).
 
-    min_replicas: int = Field(1, ge=0)
+    Every `metrics_interval_s` the requests each replica has (ongoing and queued, as the callers count them)
+    reach Serve's controller; it averages them over `look_back_period_s` and wants
+    ceil(total / `target_ongoing_requests`) replicas, within [min_replicas, max_replicas]. A wish to grow
+    must hold for `upscale_delay_s` before a replica is started, one to shrink for `downscale_delay_s`."""
+
+    min_replicas: int = Field(1, ge=0)  # kept warm even when idle; 0 lets the endpoint scale to zero
     max_replicas: int = Field(1, ge=1)
+    # Replicas started with the application; None: min_replicas. More saves cold starts after a deploy.
+    initial_replicas: int | None = Field(None, ge=0)
+    # Requests per replica (ongoing + queued) the replicas are sized for. A sliding-window request has one
+    # window at the engine at a time, so this is the batch a replica's engine runs at its target load: keep
+    # it within max_windows_in_flight and below deployment.max_ongoing_requests.
     target_ongoing_requests: float = Field(8.0, gt=0)
-    upscale_delay_s: float = Field(30.0, ge=0)
-    downscale_delay_s: float = Field(600.0, ge=0)
+    upscale_delay_s: float = Field(30.0, ge=0)  # how long the load must call for more replicas first
+    downscale_delay_s: float = Field(600.0, ge=0)  # how long it must call for fewer (idle replicas cost GPUs)
+    # The last replica's removal when min_replicas is 0; None: downscale_delay_s.
+    downscale_to_zero_delay_s: float | None = Field(None, ge=0)
+    # How often load is reported to the controller (Ray marks the key deprecated in favour of environment
+    # variables yet still reads it); shorter reacts sooner and costs the controller more messages.
+    metrics_interval_s: float = Field(10.0, gt=0, le=60)
+    # The window load is averaged over: longer ignores short bursts, shorter follows the load sooner.
+    look_back_period_s: float = Field(30.0, gt=0, le=600)
+    # Share of the wanted change made at each decision (None: all of it). Below 1 steps replicas in more
+    # gently; above 1 grows faster than the load alone asks.
+    upscaling_factor: float | None = Field(None, gt=0, le=10)
+    downscaling_factor: float | None = Field(None, gt=0, le=10)
 
     @model_validator(mode="after")
     def _ordered(self) -> "Autoscaling":
         if self.min_replicas > self.max_replicas:
             raise ValueError(f"min_replicas ({self.min_replicas}) > max_replicas ({self.max_replicas})")
+        initial = self.initial_replicas
+        if initial is not None and not self.min_replicas <= initial <= self.max_replicas:
+            raise ValueError(f"initial_replicas ({initial}) is outside [min_replicas, max_replicas] "
+                             f"([{self.min_replicas}, {self.max_replicas}])")
+        if self.look_back_period_s <= self.metrics_interval_s:
+            raise ValueError(f"look_back_period_s ({self.look_back_period_s:g}) must be longer than "
+                             f"metrics_interval_s ({self.metrics_interval_s:g}): it averages several reports")
         return self
+
+    def serve_options(self) -> dict[str, Any]:
+        """Ray's `autoscaling_config`: the keys set, those left to Ray's default (None) out."""
+        return self.model_dump(exclude_none=True)
 
 
 class ReplicaResources(Strict):
@@ -62,7 +94,7 @@ class DeploymentOptions(Strict):
     def serve_options(self) -> dict[str, Any]:
         """Keyword arguments for `Deployment.options`."""
         return {
-            "autoscaling_config": self.autoscaling.model_dump(),
+            "autoscaling_config": self.autoscaling.serve_options(),
             "ray_actor_options": self.resources.ray_actor_options(),
             "max_ongoing_requests": self.max_ongoing_requests,
             "health_check_period_s": self.health_check_period_s,

@@ -1,10 +1,8 @@
 """The reranking service over real HTTP, driving a model whose rankings are known and are not the identity.
 
-The replica's engine is the OpenAI-compatible backend, pointed at a scripted model server on 127.0.0.1: the
-simulated teacher with no noise and no faults (reasonrank/teacher/simulated.py), which ranks every window's
-passages by their relevance grades (ties in the window's order). So the ranking each request must get is
-known in advance — and is far from the documents' order — and every endpoint's indices, documents, scores
-and top_n are checked against it.
+The replica's engine is the OpenAI-compatible backend, pointed at the scripted model server on 127.0.0.1
+(tests/scripted_model.py), so the ranking each request must get is known in advance — and is far from the
+documents' order — and every endpoint's indices, documents, scores and top_n are checked against it.
 """
 from __future__ import annotations
 
@@ -15,51 +13,25 @@ import time
 import httpx
 import pytest
 
-from reasonrank.strategies import window_spans
-from reasonrank.teacher.simulated import SimulatedTeacher, SimulationConfig
 from serve.config import ServeConfig
+from tests.scripted_model import DOCS, FIELDED, GRADES, QUERY, expected_order, scripted_model, scripted_serve_config
 from tests.serving import serving
 
 pytestmark = pytest.mark.slow
 
 APP = "reranker-known"
-QUERY = "why do cats purr"
-DOCS = [f"passage {i}: cats purr when content, and sometimes when stressed; fact number {i}." for i in range(10)]
-GRADES = {7: 3, 5: 2, 2: 1, 6: 1}  # document index → relevance grade; the others 0
-WINDOW, STEP, DEPTH = 4, 2, 8
 LATENCY_S = 0.05  # the scripted model's time per window
-# Cohere's rank_fields: objects whose `title` and `body`, in that order, make the text ranked (their `text` is
-# the same filler for all); the scripted model knows those texts, graded as the plain documents are.
-FIELDED = [{"text": "filler", "title": f"title {i}", "body": doc} for i, doc in enumerate(DOCS)]
-FIELDED_TEXTS = {f"fielded-{i}": f"title: title {i}\nbody: {doc}" for i, doc in enumerate(DOCS)}
-
-
-def expected_order(n: int, window: int = WINDOW, step: int = STEP, depth: int = DEPTH) -> list[int]:
-    """What a sliding window over a model that sorts each window by grade (stable) makes of documents 0…n-1."""
-    order = list(range(n))
-    for start, end in window_spans(min(depth, n), window, step):
-        order[start:end] = sorted(order[start:end], key=lambda i: -GRADES.get(i, 0))
-    return order
 
 
 @pytest.fixture(scope="module")
-def model_server(demo_data):
-    teacher = SimulatedTeacher({"q": QUERY}, {**{str(i): t for i, t in enumerate(DOCS)}, **FIELDED_TEXTS},
-                               {"q": {**{str(i): g for i, g in GRADES.items()},
-                                      **{f"fielded-{i}": g for i, g in GRADES.items()}}},
-                               SimulationConfig(noise=0.0, latency_s=LATENCY_S, reasoning_words=8))
-    with teacher:
-        yield teacher
+def model_server():
+    with scripted_model(LATENCY_S) as model:
+        yield model
 
 
 @pytest.fixture(scope="module")
 def service(ray_cluster, model_server):
-    config = ServeConfig.model_validate({
-        "model_name": "scripted", "engine": {"backend": "openai", "model": "scripted-ranker",
-                                             "base_url": model_server.base_url, "max_retries": 0},
-        "strategy": {"name": "sliding_window", "window_size": WINDOW, "step": STEP, "depth": DEPTH},
-        "sampling": {"max_new_tokens": 512}, "limits": {"request_timeout_s": 60}})
-    with serving(config, APP) as client:
+    with serving(ServeConfig.model_validate(scripted_serve_config(model_server)), APP) as client:
         yield client
 
 
