@@ -32,11 +32,16 @@ def drain(gcs_address: str, node_id: str, deadline_s: float, message: str) -> No
 
 
 def serve_replicas_on(node_id: str) -> list[str]:
-    """The Serve replica actors alive on node `node_id`."""
-    from ray.util.state import list_actors
+    """The Serve replicas on node `node_id`, of every application, as Serve's controller reports them."""
+    from ray.serve.context import _get_global_client
 
-    actors = list_actors(filters=[("node_id", "=", node_id), ("state", "=", "ALIVE")], limit=10_000)
-    return [a.name for a in actors if a.class_name.startswith("ServeReplica")]
+    client = _get_global_client(raise_if_no_controller_running=False)
+    if client is None:
+        return []
+    details = client.get_serve_details()
+    return [replica["replica_id"] for app in details.get("applications", {}).values()
+            for deployment in app["deployments"].values() for replica in deployment["replicas"]
+            if replica.get("node_id") == node_id]
 
 
 def drain_and_wait(gcs_address: str, node_id: str, deadline_s: float, message: str, poll_s: float = 1.0) -> bool:

@@ -3,8 +3,9 @@ with none left answers 503 with Retry-After, never 500.
 
 Real local Ray Serve, real HTTP on 127.0.0.1; the replicas' engine is the OpenAI-compatible backend on a
 scripted model (tests/scripted_ranker.py: known rankings, 0.3 s a window). A replica is killed as a
-preempted or OOM-killed one is: SIGKILL to its process. One Serve instance for the module, two apps on it:
-two model replicas under /two, one under /one.
+preempted or OOM-killed one is: SIGKILL to its process. A node is drained as the serving pods' preStop hook
+drains theirs (cluster/drain_node.py), on two more Ray nodes started on this machine. One Serve instance
+for the module: two model replicas under /two, one under /one, and the drain test's under /drain.
 """
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ import asyncio
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import httpx
 import psutil
@@ -37,7 +41,7 @@ def service(ray_cluster):
 
     with scripted_model(latency_s=0.3) as model:
         port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
         try:
             for name, replicas in APPS.items():
                 config = scripted_config(model.base_url, replicas, ingress={"replica_wait_s": REPLICA_WAIT_S})
@@ -141,3 +145,91 @@ def test_the_only_replica_killed_gives_503_with_retry_after_never_500(service):
         assert time.monotonic() < deadline, "the 503s were not counted by cause"
         time.sleep(1)
         failed = _metric("ray_reasonrank_requests_failed_total", cause="no_live_replica", status="503")
+
+
+# ---- a node drained before it goes (a spot notice; the serving pods' preStop hook) ---------------------------
+
+DRAIN_ROLE = {"reasonrank.io/role": "drain-test"}
+
+
+@pytest.fixture
+def two_more_nodes(ray_cluster):
+    """Two more Ray nodes on this machine, joined to the session's cluster (`ray start --block`) and labelled
+    for the drain test's replica; no CPUs, so that nothing else is placed there. Stopped after (each
+    `ray start` stops the node it started)."""
+    import ray
+
+    gcs = ray.get_runtime_context().gcs_address
+    before = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    nodes = [subprocess.Popen([ray_cli, "start", "--address", gcs, "--num-cpus", "0", "--block",
+                               "--labels", ",".join(f"{k}={v}" for k, v in DRAIN_ROLE.items())],
+                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for _ in range(2)]
+    try:
+        deadline = time.monotonic() + 120
+        while len({n["NodeID"] for n in ray.nodes() if n["Alive"]} - before) < 2:
+            assert time.monotonic() < deadline, "the extra Ray nodes did not join"
+            time.sleep(0.5)
+        yield gcs
+    finally:
+        for node in nodes:
+            os.killpg(node.pid, signal.SIGTERM)
+        for node in nodes:
+            node.wait(timeout=60)
+
+
+def _replica_nodes(app: str) -> dict[str, str]:
+    """Model replica id → the node it runs on, as Serve's controller reports them."""
+    from ray.serve.context import _get_global_client
+
+    deployment = _get_global_client().get_serve_details()["applications"][app]["deployments"]["Reranker"]
+    return {r["replica_id"]: r["node_id"] for r in deployment["replicas"] if r["state"] == "RUNNING"}
+
+
+def test_a_drained_node_takes_no_new_request_and_finishes_those_it_holds(service, two_more_nodes):
+    """A real node drain (the GCS's, as `ray drain-node` and the preStop hook send it) of the node holding
+    the only model replica, while 6 clients send requests: Serve starts a replacement on the other node and
+    stops the old replica only after the calls it holds finished; no request fails or has to be resent."""
+    from ray import serve
+
+    from cluster.drain_node import drain_and_wait
+    from serve.app import build_app
+
+    service, model = service
+    config = scripted_config(model.base_url, 1)
+    config = config.model_copy(update={"deployment": config.deployment.model_copy(update={
+        "resources": config.deployment.resources.model_copy(update={"num_cpus": 0, "node_labels": DRAIN_ROLE})})})
+    serve.run(build_app(config), name="drain", route_prefix="/drain")
+    ((old_replica, drained_node),) = _replica_nodes("drain").items()
+    retried_before = _metric("ray_reasonrank_replica_retries_total")
+    answers, stop, outcome = [], asyncio.Event(), {}
+
+    async def client_loop(client):
+        while not stop.is_set():
+            r = await client.post("/drain/v2/rerank", json=BODY)
+            answers.append((r.status_code, [x["index"] for x in r.json()["results"]] if r.status_code == 200 else r.text))
+
+    async def drain_under_load():
+        async with httpx.AsyncClient(base_url=str(service.base_url), timeout=60) as client:
+            loops = asyncio.gather(*(client_loop(client) for _ in range(6)))
+            while model.in_flight < 5:  # the replica holds requests in the middle of their windows
+                await asyncio.sleep(0.01)
+            started = time.monotonic()
+            outcome["done"] = await asyncio.to_thread(drain_and_wait, two_more_nodes, drained_node, 90,
+                                                      "drain test", 0.2)
+            outcome["took_s"] = time.monotonic() - started
+            await asyncio.sleep(1.0)  # requests go on to the replacement
+            stop.set()
+            await loops
+
+    asyncio.run(drain_under_load())
+    assert outcome["done"], "the drained node still had a Serve replica at the deadline"
+    replicas = _replica_nodes("drain")
+    assert old_replica not in replicas and drained_node not in replicas.values(), replicas
+    assert len(replicas) == 1  # the replacement, on the other node
+    assert answers and all(a == (200, EXPECTED) for a in answers), [a for a in answers if a != (200, EXPECTED)]
+    time.sleep(12)  # past a metrics export after the drain: nothing was resent, the held calls finished
+    assert _metric("ray_reasonrank_replica_retries_total") == retried_before
+    print(f"\ndrained in {outcome['took_s']:.1f} s, {len(answers)} requests answered 200")
+    serve.delete("drain")
