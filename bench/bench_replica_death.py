@@ -124,11 +124,8 @@ def scenario(name: str, model_url: str, port: int, replicas: int, replica_wait_s
     watcher.start()
     outcomes = asyncio.run(load(f"http://127.0.0.1:{port}/{name}", clients, stop))
     watcher.join()
-    deadline = time.monotonic() + 30  # Ray exports metrics every few seconds
+    time.sleep(12)  # past Ray's next metrics export (every 10 s)
     retried = retries_counted() - retried_before
-    while replicas > 1 and retried == 0 and time.monotonic() < deadline:
-        time.sleep(1)
-        retried = retries_counted() - retried_before
     serve.delete(name)
 
     kill, replaced = marks["kill"], marks["replaced"]
