@@ -2,9 +2,10 @@
 
     PYTHONPATH=. python bench/trace_request.py [--documents 8]
 
-A serving replica is built in this process (the deployment's own class, without Ray Serve around it) on the
-OpenAI-compatible backend, whose model is a scripted server on 127.0.0.1 (the simulated teacher with no
-noise). After one request to warm it up, a second goes through the `/v2/rerank` handler under
+The ingress and a model replica are built in this process (the deployments' own classes, without Ray Serve
+around them), the ingress calling the replica through a stand-in for its Serve handle; the replica's engine
+is the OpenAI-compatible backend, whose model is a scripted server on 127.0.0.1 (the simulated teacher with
+no noise). After one request to warm it up, a second goes through the `/v2/rerank` handler under
 `sys.setprofile`, which sees every function of the project (`serve/`, `reasonrank/`) it enters, in order.
 
 A file is re-entered when one of its functions runs while a function of another project file, called (however
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -84,14 +86,37 @@ class RequestTrace:
         return "\n".join(lines)
 
 
-def replica_class():
-    """The deployment's own class (under Serve's ingress wrapper)."""
-    from ray.serve import Deployment
+def own_class(deployment):
+    """A deployment's own class (under Serve's ingress wrapper, where it has one)."""
+    from ray.serve._private.http_util import ASGIAppReplicaWrapper
 
-    from serve import app
+    cls = deployment.func_or_class
+    return cls.__mro__[1] if issubclass(cls, ASGIAppReplicaWrapper) else cls
 
-    deployment = next(v for v in vars(app).values() if isinstance(v, Deployment))
-    return deployment.func_or_class.__mro__[1]
+
+def build(deployment, *args):
+    cls = own_class(deployment)
+    instance = cls.__new__(cls)
+    cls.__init__(instance, *args)
+    return instance
+
+
+class InProcessHandle:
+    """Stands in for the ingress's Serve handle to the model deployment: the calls `serve.failover` makes
+    (`options`, `choose_replica`, `dispatch`), answered by one replica object in this process."""
+
+    def __init__(self, replica, method: str | None = None):
+        self.replica, self.method = replica, method
+
+    def options(self, method_name: str) -> "InProcessHandle":
+        return InProcessHandle(self.replica, method_name)
+
+    @contextlib.asynccontextmanager
+    async def choose_replica(self):
+        yield self.replica
+
+    def dispatch(self, selection, *args):
+        return getattr(selection, self.method)(*args)
 
 
 def cohere_request(body: dict):
@@ -116,15 +141,17 @@ def trace_one_request(documents: int = 8) -> tuple[RequestTrace, list[dict]]:
     grades = {str(i): (i * 7) % 4 for i in range(documents)}
     teacher = SimulatedTeacher({"q": query}, {str(i): t for i, t in enumerate(docs)}, {"q": grades},
                                SimulationConfig(noise=0.0, reasoning_words=4))
+    from serve.app import RerankIngress, RerankerDeployment
+
     trace = RequestTrace()
     with teacher:
-        cls = replica_class()
-        replica = cls.__new__(cls)
-        cls.__init__(replica, {
+        config = {
             "model_name": "scripted",
             "engine": {"backend": "openai", "model": "scripted", "base_url": teacher.base_url, "max_retries": 0},
             "sampling": {"max_new_tokens": 256},
-            "strategy": {"name": "sliding_window", "window_size": 4, "step": 2, "depth": documents}})
+            "strategy": {"name": "sliding_window", "window_size": 4, "step": 2, "depth": documents}}
+        model = build(RerankerDeployment, config)
+        replica = build(RerankIngress, config, InProcessHandle(model))
         body = {"model": "m", "query": query, "documents": docs, "top_n": 3}
 
         async def two_requests() -> list[dict]:
@@ -140,7 +167,7 @@ def trace_one_request(documents: int = 8) -> tuple[RequestTrace, list[dict]]:
                 assert answer.status_code == 200, answer.body
                 return json.loads(answer.body)["results"]
             finally:
-                await replica.reranker.aclose()
+                await model.reranker.aclose()
 
         results = asyncio.run(two_requests())
     return trace, results

@@ -8,6 +8,10 @@ worker groups a manifest has and their sizes (the paper's profiles). The RayServ
 from the same serve config file a local `serve` run reads. The committed manifests are this module's output
 for the defaults; a test re-renders them and fails on any difference.
 
+The RayService's GPU pods drain their own Ray node in a preStop hook (`cluster.drain_node`) before they stop,
+within a deadline that their terminationGracePeriodSeconds covers (docs/serving-faults.md); its HTTP
+ingress runs on a small on-demand CPU group.
+
 `--spot` puts the GPU worker groups of every RayJob on spot capacity (the template's spotScheduling: node
 selector, toleration); CPU groups and the head stay on on-demand nodes (docs/spot.md: what a preemption costs
 each stage).
@@ -92,6 +96,7 @@ LEARNERS = Group("gpu-learners", "learner", 0, 2, gpus=8)  # DeepSpeed ZeRO-3 le
 ROLLOUT = Group("gpu-rollout", "rollout", 0, 8, gpus=1)  # vLLM engines: GRPO rollouts, evaluation
 SERVING = Group("gpu-serve", "serve", 0, 8, gpus=1)  # Ray Serve replicas
 SPOT = Group("gpu-spot", "rollout", 0, 8, gpus=1, spot=True)  # preemptible: rollouts (or extra serving)
+INGRESS = Group("cpu-ingress", "ingress", 1, 2, cpus=2, memory_gib=4)  # Serve's HTTP ingress (no model)
 LABELERS = Group("cpu-labelers", "labeler", 0, 8)  # teacher API calls (synthesize)
 REWARD = Group("cpu-reward", "reward", 0, 4)  # reward actors (GRPO)
 STANDING_GROUPS = (LEARNERS, ROLLOUT, SERVING, SPOT, LABELERS, REWARD)
@@ -205,7 +210,7 @@ def serve_config_v2(profile: ServeProfile, config: ServeConfig) -> dict[str, Any
 
     The deployment options repeat what `build_app` sets from that file, so that operators see them here.
     """
-    from serve.app import RerankerDeployment
+    from serve.app import RerankerDeployment, RerankIngress
 
     return {
         "proxy_location": "EveryNode",
@@ -215,23 +220,50 @@ def serve_config_v2(profile: ServeProfile, config: ServeConfig) -> dict[str, Any
             "import_path": "serve.app:build_app",
             "route_prefix": "/",
             "args": {"config": f"{APP_DIR}/{profile.config}"},
-            "deployments": [{"name": RerankerDeployment.name, **config.deployment.serve_options()}],
+            "deployments": [{"name": RerankIngress.name, **config.ingress.serve_options()},
+                            {"name": RerankerDeployment.name, **config.deployment.serve_options()}],
         }],
     }
 
 
 def serving_groups(config: ServeConfig) -> tuple[Group, ...]:
-    """GPU pods for the replicas: on-demand ones for all of them, spot ones to absorb bursts more cheaply."""
+    """GPU pods for the replicas: on-demand ones for all of them, spot ones to absorb bursts more cheaply;
+    a CPU group for the HTTP ingress."""
     scaling, resources = config.deployment.autoscaling, config.deployment.resources
     gpus = math.ceil(resources.num_gpus)
     role = resources.node_labels.get("reasonrank.io/role", SERVING.role)
+    ingress_role = config.ingress.resources.node_labels.get("reasonrank.io/role", INGRESS.role)
     return (SERVING.sized(role=role, gpus=gpus, min_replicas=scaling.min_replicas, max_replicas=scaling.max_replicas),
-            SPOT.sized(role=role, gpus=gpus, max_replicas=scaling.max_replicas))
+            SPOT.sized(role=role, gpus=gpus, max_replicas=scaling.max_replicas),
+            INGRESS.sized(role=ingress_role))
+
+
+DRAIN_MARGIN_S = 5  # the pod's grace beyond the drain deadline: the hook's own start, then Ray's stop
+
+
+def drain_deadline_s(group: dict[str, Any], config: ServeConfig) -> int:
+    """How long a stopping serving pod drains: its in-flight requests' graceful shutdown, or on spot
+    capacity what the cloud's notice leaves (the spot template's grace period, less the margin)."""
+    pod = group["template"]["spec"]
+    if "terminationGracePeriodSeconds" in pod:
+        return pod["terminationGracePeriodSeconds"] - DRAIN_MARGIN_S
+    return math.ceil(config.deployment.graceful_shutdown_timeout_s)
+
+
+def add_drain_hook(group: dict[str, Any], deadline_s: int) -> None:
+    """A preStop hook draining the pod's own Ray node within `deadline_s`, and the grace period to match."""
+    pod = group["template"]["spec"]
+    pod["terminationGracePeriodSeconds"] = deadline_s + DRAIN_MARGIN_S
+    pod["containers"][0]["lifecycle"] = {"preStop": {"exec": {"command": [
+        "python", "-m", "cluster.drain_node", "--deadline-s", str(deadline_s)]}}}
 
 
 def rayservice(template: dict[str, Any], profile: ServeProfile, image: str) -> dict[str, Any]:
     config = load_config(REPO / profile.config, ServeConfig)
     spec = cluster_spec(template, serving_groups(config), image)
+    for group in spec["workerGroupSpecs"]:
+        if "nvidia.com/gpu" in group["template"]["spec"]["containers"][0]["resources"]["limits"]:
+            add_drain_hook(group, drain_deadline_s(group, config))
     token_env = config.auth_token_env
     if token_env:  # every pod: replicas may land on any serving node
         pods = [spec["headGroupSpec"]["template"]] + [g["template"] for g in spec["workerGroupSpecs"]]

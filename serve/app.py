@@ -1,24 +1,24 @@
-"""The Ray Serve application: one FastAPI ingress deployment hosting a reranker (engine + strategy).
+"""The Ray Serve application: an HTTP ingress deployment in front of the model deployment ("Reranker").
 
     POST /v1/rerank   Cohere rerank v1          POST /native/rerank   full ranking, ids, reasoning per window,
     POST /v2/rerank   Cohere rerank v2                                strategy overrides
-    POST /rerank      Jina / vLLM               GET  /health          200 only while the model is loaded and
-    GET  /v1/models   the served model                                the engine answers
+    POST /rerank      Jina / vLLM               GET  /health          200 only while a model replica is loaded
+    GET  /v1/models   the served model                                and its engine answers
 
-Each replica loads the model once (in its constructor; Serve routes to it only after) into a
-`reasonrank.Reranker`, its engine wrapped once in health tracking (`serve.engine_health`). A request goes one
-way: the handler hands it to the Reranker, which drives its strategy (through the one strategy driver) and
-submits each window to the engine the moment it is ready; the engine batches the windows of all requests in flight
-continuously (vLLM's async engine), so no window waits for another request's. At most
-`max_windows_in_flight` windows are submitted at once; the rest wait their turn.
+The ingress (`RerankIngress`, a fraction of a CPU, no model) holds each HTTP request: auth, the body within
+limits, the deadline, errors, metrics, the response. It hands the parsed request to a model replica
+(`serve.model_replica`: engine + `reasonrank.Reranker`) through a Serve handle, and when that replica dies
+under it, to another one within the request's deadline (`serve.failover`); with no live replica in time the
+answer is a 503 with Retry-After naming the cause, never a 500. A request goes one way: ingress → handle →
+replica → reranker → strategy driver → engine, and back.
 
 Faults: a request past its deadline gets 504, and one whose client went away is cancelled; either way its
-in-flight window is aborted in the engine. What ranking raises becomes a status in one place
-(`serve.errors.http_error`): a prompt the engine refuses for what it is (too long for its context) is the
-client's input, 400, and the engine stays healthy; when the engine itself raises on a window, only that
-request gets 503, and the replica is then suspect until the engine answers a one-token probe
-(from /health or Serve's health check). A replica whose engine fails the probe is reported unhealthy and
-Serve replaces it. /health never waits behind ranking work.
+call on the replica is cancelled and its in-flight window aborted in the engine. What ranking raises becomes
+a status in one place (`serve.errors.http_error`): a prompt the engine refuses for what it is (too long for
+its context) is the client's input, 400, and the engine stays healthy; when the engine itself raises on a
+window, only that request gets 503, and the replica is then suspect until the engine answers a one-token
+probe (from /health or Serve's health check). A replica whose engine fails the probe is reported unhealthy
+and Serve replaces it. /health never waits behind ranking work.
 
 Start it with `reasonrank serve --config configs/serve-tiny.yaml`, `serve run serve.app:build_app
 config=configs/serve-tiny.yaml`, or a RayService with `import_path: serve.app:build_app`.
@@ -38,16 +38,18 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from ray import serve
 from ray.serve import Application
+from ray.serve.handle import DeploymentHandle
 
 from reasonrank.config import ConfigError, load_config
-from reasonrank.reranker import DocumentRanking, Reranker
+from reasonrank.reranker import DocumentRanking
 from reasonrank.strategies import StrategyConfig
 from serve.auth import BearerAuth
 from serve.body import parse_request
 from serve.config import ServeConfig
-from serve.engine_health import HealthTrackedEngine
 from serve.errors import ServeError, http_error
+from serve.failover import ModelReplicas
 from serve.metrics import RerankMetrics
+from serve.model_replica import RerankerDeployment
 from serve.responses import cohere_response, jina_response, native_response
 from serve.schema import CohereRequest, JinaRequest, NativeRequest
 
@@ -64,44 +66,28 @@ async def _serve_error(_: Request, error: ServeError) -> JSONResponse:
     return error.response()
 
 
-@serve.deployment(name="Reranker")
+@serve.deployment(name="Ingress")
 @serve.ingress(api)
-class RerankerDeployment:
-    def __init__(self, config: dict[str, Any]):
+class RerankIngress:
+    def __init__(self, config: dict[str, Any], model: DeploymentHandle):
         self.config = ServeConfig.model_validate(config)
-        self.auth = BearerAuth.from_env(self.config.auth_token_env)  # before the model: fail fast
+        self.auth = BearerAuth.from_env(self.config.auth_token_env)  # fail fast: before any request
         self.metrics = RerankMetrics()
-        started = time.perf_counter()
-        probe_timeout_s = self.config.deployment.health_check_timeout_s
-        self.reranker = Reranker.build(self.config.engine, self.config.strategy, self.config.sampling,
-                                       score=self.config.score,
-                                       max_windows_in_flight=self.config.max_windows_in_flight,
-                                       wrap_engine=lambda engine: HealthTrackedEngine(engine, probe_timeout_s))
-        self.engine: HealthTrackedEngine = self.reranker.engine
-        logger.info("reranker %r loaded (%s backend, %s) in %.1f s; auth %s", self.config.model_name,
-                    self.config.engine.backend, self.config.engine.model, time.perf_counter() - started,
-                    "on" if self.auth.enabled else "off")
-
-    async def check_health(self) -> None:
-        """Serve's periodic health check: raising makes Serve replace this replica."""
-        if not await self.engine.alive():
-            raise RuntimeError(f"engine is down ({self.engine.failure}); replacing this replica")
-
-    def __del__(self) -> None:
-        """Serve calls this after in-flight requests finished (graceful shutdown): release the engine."""
-        reranker = getattr(self, "reranker", None)
-        if reranker is not None:
-            reranker.close()
+        ingress = self.config.ingress
+        self.model = ModelReplicas(model, ingress.replica_wait_s, ingress.retry_after_s,
+                                   on_retry=self.metrics.record_retry)
+        logger.info("ingress for %r: auth %s", self.config.model_name, "on" if self.auth.enabled else "off")
 
     # ---- the HTTP side ---------------------------------------------------------------------------------
 
     @api.get("/health")
     async def health(self) -> JSONResponse:
-        if not await self.engine.alive():
-            return JSONResponse({"status": "unavailable", "message": f"engine failed: {self.engine.failure}"},
+        try:
+            status, body = await self.model.call("health", deadline_s=self.config.deployment.health_check_timeout_s)
+        except (ServeError, TimeoutError) as error:
+            return JSONResponse({"status": "unavailable", "message": str(error) or "the health check timed out"},
                                 status_code=503)
-        return JSONResponse({"status": "ready", "model": self.config.model_name,
-                             "windows_in_flight": self.engine.windows_in_flight()})
+        return JSONResponse(body, status_code=status)
 
     @api.get("/v1/models")
     async def models(self, request: Request) -> JSONResponse:
@@ -132,20 +118,20 @@ class RerankerDeployment:
 
     async def _answer(self, request: Request, api_name: str, model: type[BaseModel],
                       respond: Callable[[str, Any, StrategyConfig, DocumentRanking], BaseModel]) -> JSONResponse:
-        """Auth, parse within limits, rank under the deadline, respond; every outcome counted."""
-        started, status = time.perf_counter(), 500
+        """Auth, parse within limits, rank on a model replica under the deadline, respond; every outcome
+        counted."""
+        started, status, cause = time.perf_counter(), 500, "internal"
         request_id = uuid.uuid4().hex
         try:
             self.auth.check(request.headers.get("authorization"))
             limits = self.config.limits
             body = await parse_request(request, model, limits.max_body_bytes, limits.max_documents)
-            strategy = self._strategy_for(body)
             deadline = self._deadline(request)
             try:
-                ranking = await asyncio.wait_for(self._rank(body, strategy), deadline)
-            except asyncio.TimeoutError:
+                strategy, ranking = await self.model.call("rank", body, deadline_s=deadline)
+            except TimeoutError:
                 raise ServeError(504, f"reranking did not finish within the request deadline of {deadline:g} s "
-                                      f"({len(body.documents)} documents)") from None
+                                      f"({len(body.documents)} documents)", cause="deadline") from None
             self.metrics.record_ranking(api_name, ranking)
             payload = respond(request_id, body, strategy, ranking).model_dump(mode="json", exclude_none=True)
             status = 200
@@ -154,26 +140,15 @@ class RerankerDeployment:
             answer = http_error(error)
             if answer is None:
                 raise
-            status = answer.status
+            status, cause = answer.status, answer.cause
             return answer.response()
-        except asyncio.CancelledError:  # the client went away: the window in flight is aborted on the way out
-            status = 499
+        except asyncio.CancelledError:  # the client went away: the replica's call is cancelled on the way out
+            status, cause = 499, "client_gone"
             raise
         finally:
             elapsed = time.perf_counter() - started
-            self.metrics.record_request(api_name, status, elapsed)
+            self.metrics.record_request(api_name, status, elapsed, None if status == 200 else cause)
             logger.info("%s %s -> %d in %.3f s", api_name, request_id, status, elapsed)
-
-    def _strategy_for(self, body: BaseModel) -> StrategyConfig:
-        strategy = self.reranker.strategy
-        if isinstance(body, NativeRequest) and body.strategy is not None:
-            try:
-                strategy = body.strategy.apply(strategy)
-            except ValueError as e:
-                raise ServeError(422, str(e)) from None
-        if getattr(body, "max_tokens_per_doc", None) is not None:
-            strategy = strategy.model_copy(update={"passage_max_tokens": body.max_tokens_per_doc})
-        return strategy
 
     def _deadline(self, request: Request) -> float:
         limit = self.config.limits.request_timeout_s
@@ -187,10 +162,6 @@ class RerankerDeployment:
         if not seconds > 0:
             raise ServeError(400, f"header {TIMEOUT_HEADER} must be a positive number of seconds, got {asked!r}")
         return min(seconds, limit)
-
-    async def _rank(self, body: Any, strategy: StrategyConfig) -> DocumentRanking:
-        return await self.reranker.rank(body.query, body.texts, strategy=strategy, score=getattr(body, "score", None),
-                                        qid=getattr(body, "qid", None) or "")
 
 
 def build_app(args: dict[str, Any] | ServeConfig) -> Application:
@@ -216,5 +187,6 @@ def build_app(args: dict[str, Any] | ServeConfig) -> Application:
     if config.engine.backend != "openai" and model_dir.exists():  # replicas may run in another directory
         config = config.model_copy(update={"engine": config.engine.model_copy(
             update={"model": str(model_dir.resolve())})})
-    deployment = RerankerDeployment.options(**config.deployment.serve_options())
-    return deployment.bind(config.model_dump(mode="json"))
+    as_json = config.model_dump(mode="json")
+    model = RerankerDeployment.options(**config.deployment.serve_options()).bind(as_json)
+    return RerankIngress.options(**config.ingress.serve_options()).bind(as_json, model)

@@ -104,6 +104,25 @@ class DeploymentOptions(Strict):
         }
 
 
+class IngressOptions(Strict):
+    """The HTTP ingress (serve/app.py): a light deployment that holds each request and calls the model
+    replicas (`deployment`) through a handle, retrying on another replica when one dies. It loads no model:
+    a fraction of a CPU each, on CPU nodes (`resources.node_labels`: a KubeRay CPU group's label)."""
+
+    num_replicas: int = Field(1, ge=1)
+    resources: ReplicaResources = ReplicaResources(num_cpus=0.1)
+    max_ongoing_requests: int = Field(1024, ge=1)  # HTTP requests one ingress replica holds at once
+    # How long a request waits for a model replica to take it (none alive, or all full) before a 503
+    # with Retry-After; a request's own deadline, when shorter, bounds the wait instead.
+    replica_wait_s: float = Field(30.0, gt=0)
+    retry_after_s: int = Field(10, ge=1)  # the Retry-After of that 503: about a replica's restart
+
+    def serve_options(self) -> dict[str, Any]:
+        """Keyword arguments for `Deployment.options`."""
+        return {"num_replicas": self.num_replicas, "ray_actor_options": self.resources.ray_actor_options(),
+                "max_ongoing_requests": self.max_ongoing_requests}
+
+
 class Limits(Strict):
     max_documents: int = Field(1000, ge=1)
     max_body_bytes: int = Field(8 * 2**20, ge=1024)
@@ -120,7 +139,8 @@ class ServeConfig(Strict):
     # continuously. More wait for a slot. vLLM schedules up to its own max_num_seqs of them per step.
     max_windows_in_flight: int = Field(256, ge=1)
     limits: Limits = Limits()
-    deployment: DeploymentOptions = DeploymentOptions()
+    deployment: DeploymentOptions = DeploymentOptions()  # the model replicas (engine + reranker)
+    ingress: IngressOptions = IngressOptions()
     # Name of the environment variable holding the bearer token (set from a Kubernetes Secret);
     # None: no auth. The token itself never appears in a config file.
     auth_token_env: str | None = None

@@ -15,9 +15,15 @@ from serve.engine_health import EngineFailure
 
 
 class ServeError(Exception):
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+    """An answer other than 200. `cause` names why, for the metrics of failed requests (`input` for the
+    client's, or what failed on the server: `engine_failed`, `no_live_replica`, `deadline`)."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None, cause: str = "input"):
         super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers or {}
+        self.status, self.message, self.headers, self.cause = status, message, headers or {}, cause
+
+    def __reduce__(self):  # raised in a model replica, it crosses to the ingress whole
+        return type(self), (self.status, self.message, self.headers, self.cause)
 
     def response(self) -> JSONResponse:
         return JSONResponse({"message": self.message}, status_code=self.status, headers=self.headers)
@@ -45,5 +51,6 @@ def http_error(error: Exception) -> ServeError | None:
     if isinstance(error, ScoreUnavailable):
         return ServeError(422, str(error))
     if isinstance(error, EngineFailure):
-        return ServeError(503, f"the reranking engine failed ({error}); retry shortly", headers={"Retry-After": "5"})
+        return ServeError(503, f"the reranking engine failed ({error}); retry shortly", headers={"Retry-After": "5"},
+                          cause="engine_failed")
     return None

@@ -1,7 +1,7 @@
 """Prometheus metrics of the reranker, exported through Ray Serve (Ray's metrics endpoint, `ray_` prefix).
 
 Ray Serve adds its own (HTTP latency per route, ongoing requests); these add what only the reranker knows:
-latency by API and status, windows (LLM calls) and sequential rounds per request, windows in flight on the
+latency by API and status, requests failed and calls resent to another model replica by cause, windows (LLM calls) and sequential rounds per request, windows in flight on the
 engine, malformed model outputs, answers forced by a reasoning budget, tokens.
 Serve tags every series with the deployment, replica and application. Create inside the replica.
 """
@@ -21,6 +21,12 @@ class RerankMetrics:
                                 tag_keys=("api", "status"))
         self.latency = Histogram("reasonrank_request_latency_s", "Rerank request latency in seconds.",
                                  boundaries=_LATENCY_BUCKETS_S, tag_keys=("api", "status"))
+        self.failures = Counter("reasonrank_requests_failed", "Rerank requests answered other than 200, by API, "
+                                "status and cause (input, engine_failed, no_live_replica, deadline, client_gone, "
+                                "internal).", tag_keys=("api", "status", "cause"))
+        self.retries = Counter("reasonrank_replica_retries", "Calls sent again to another model replica because "
+                               "the one holding them was lost, by cause (replica_died, replica_unavailable, "
+                               "replica_left).", tag_keys=("cause",))
         self.windows = Histogram("reasonrank_windows_per_request", "Engine windows one request needed.",
                                  boundaries=_WINDOW_BUCKETS, tag_keys=("api",))
         self.rounds = Histogram("reasonrank_sequential_rounds", "Sequential rounds of windows one request needed "
@@ -37,10 +43,16 @@ class RerankMetrics:
         self.completion_tokens = Counter("reasonrank_completion_tokens", "Tokens the model generated.",
                                          tag_keys=("api",))
 
-    def record_request(self, api: str, status: int, latency_s: float) -> None:
+    def record_request(self, api: str, status: int, latency_s: float, cause: str | None = None) -> None:
+        """One answered request; `cause`: why it failed, for any status but 200."""
         tags = {"api": api, "status": str(status)}
         self.requests.inc(tags=tags)
         self.latency.observe(latency_s, tags=tags)
+        if cause is not None:
+            self.failures.inc(tags={**tags, "cause": cause})
+
+    def record_retry(self, cause: str) -> None:
+        self.retries.inc(tags={"cause": cause})
 
     def record_ranking(self, api: str, ranking: DocumentRanking) -> None:
         tags = {"api": api}

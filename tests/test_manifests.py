@@ -267,10 +267,13 @@ def test_rayservice_serve_config_is_the_local_serve_config(path):
     (app,) = serve_config["applications"]
     local, config = _local_serve_config(app)
     assert app["import_path"] == "serve.app:build_app" and app["name"] == config.model_name
-    (deployment,) = app["deployments"]
-    assert {k: v for k, v in deployment.items() if k != "name"} == config.deployment.serve_options()
+    ingress, model = app["deployments"]
+    assert {k: v for k, v in ingress.items() if k != "name"} == config.ingress.serve_options()
+    assert {k: v for k, v in model.items() if k != "name"} == config.deployment.serve_options()
     built = build_app({**app["args"], "config": str(local)})  # the app builder takes these args
-    assert built._bound_deployment.name == deployment["name"]
+    assert built._bound_deployment.name == ingress["name"]  # the HTTP ingress, calling the model deployment
+    (bound_model,) = built._bound_deployment.init_args[1:]
+    assert bound_model._bound_deployment.name == model["name"] == "Reranker"
     assert service["spec"]["upgradeStrategy"]["type"] == "NewCluster"  # zero-downtime: blue/green clusters
 
 
@@ -294,6 +297,32 @@ def test_rayservice_cluster_fits_the_replicas_and_gets_the_bearer_token(path):
     if config.auth_token_env:
         for pod in _pods(spec):
             assert _env(pod)[config.auth_token_env]["valueFrom"]["secretKeyRef"]["name"]
+
+
+@pytest.mark.parametrize("path", RAYSERVICES, ids=lambda p: p.name)
+def test_rayservice_gpu_pods_drain_their_node_before_they_stop_and_the_ingress_runs_on_cpu(path):
+    service = yaml.safe_load(path.read_text())
+    (app,) = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]
+    _, config = _local_serve_config(app)
+    groups = service["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    gpu = [g for g in groups if "nvidia.com/gpu" in g["template"]["spec"]["containers"][0]["resources"]["limits"]]
+    assert {g["labels"]["reasonrank.io/capacity"] for g in gpu} == {"on-demand", "spot"}
+    for group in gpu:
+        pod = group["template"]["spec"]
+        command = pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
+        assert command[:3] == ["python", "-m", "cluster.drain_node"]
+        assert (REPO / "cluster" / "drain_node.py").is_file()
+        deadline = int(command[command.index("--deadline-s") + 1])
+        assert 0 < deadline < pod["terminationGracePeriodSeconds"]  # Kubernetes waits for the hook
+        if group["labels"]["reasonrank.io/capacity"] == "spot":  # the cloud's notice (GKE: 30 s) bounds it
+            assert pod["terminationGracePeriodSeconds"] <= 30
+        else:  # in-flight requests get their graceful shutdown
+            assert deadline >= config.deployment.graceful_shutdown_timeout_s
+    (ingress,) = [g for g in groups if config.ingress.resources.node_labels.items() <= g["labels"].items()]
+    assert ingress["labels"]["reasonrank.io/capacity"] == "on-demand" and ingress["minReplicas"] >= 1
+    assert "nvidia.com/gpu" not in ingress["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert float(ingress["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"]) >= (
+        config.ingress.resources.num_cpus)
 
 
 def test_dockerfile_copies_what_exists_and_installs_the_gpu_stack():
