@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from serve.config import ServeConfig
-    from serve.replicas import ReplicaLog, replica_states
+    from tests.replica_log import ReplicaLog, replica_states
     from tests.rerank_load import RerankLoad
     from tests.scripted_model import DOCS, QUERY, expected_order, scripted_model, scripted_serve_config
     from tests.serving import serving
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     app = "reranker-autoscaling-bench"
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
     with scripted_model(args.window_latency) as model:
-        config = ServeConfig.model_validate(scripted_serve_config(model, deployment={"autoscaling": autoscaling}))
+        config = ServeConfig.model_validate(scripted_serve_config(model.base_url, deployment={"autoscaling": autoscaling}))
         with serving(config, app) as client:
             log = ReplicaLog(app)
             with RerankLoad(str(client.base_url), {"query": QUERY, "documents": DOCS}) as load:

@@ -3,7 +3,7 @@
     PYTHONPATH=. python bench/bench_replica_death.py [--clients 16] [--kill-after-s 6] [--after-s 15]
 
 Each scenario deploys the service on a local Ray (the OpenAI-compatible backend on a scripted model on
-127.0.0.1 that answers each window in 0.3 s: tests/scripted_ranker.py; three windows per 20-document
+127.0.0.1 that answers each window in 0.3 s: tests/scripted_model.py; three windows per 20-document
 request), runs `--clients` clients sending 20-document `/v2/rerank` requests back to back, SIGKILLs one
 model replica's process after `--kill-after-s`, and goes on until `--after-s` past the moment the
 replacement is RUNNING in Serve. Scenarios: two replicas; one replica (the ingress's default
@@ -35,7 +35,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.scripted_ranker import DOCS, QUERY, expected_order, scripted_config, scripted_model  # noqa: E402
+from tests.scripted_model import DOCS, QUERY, expected_order, fixed_replicas, scripted_model, scripted_serve_config  # noqa: E402
 
 
 @dataclass
@@ -80,7 +80,7 @@ def model_processes(app: str) -> list[psutil.Process]:
 
 async def load(base_url: str, clients: int, stop: threading.Event) -> list[Outcome]:
     outcomes: list[Outcome] = []
-    expected = expected_order()
+    expected = expected_order(len(DOCS))
 
     async def client_loop(client: httpx.AsyncClient) -> None:
         while not stop.is_set():
@@ -100,9 +100,11 @@ def scenario(name: str, model_url: str, port: int, replicas: int, replica_wait_s
     from ray import serve
 
     from serve.app import build_app
+    from serve.config import ServeConfig
 
     ingress = {} if replica_wait_s is None else {"replica_wait_s": replica_wait_s}
-    serve.run(build_app(scripted_config(model_url, replicas, ingress=ingress)), name=name, route_prefix=f"/{name}")
+    serve.run(build_app(ServeConfig.model_validate(scripted_serve_config(
+        model_url, deployment=fixed_replicas(replicas), ingress=ingress))), name=name, route_prefix=f"/{name}")
     retried_before = retries_counted()
     stop = threading.Event()
     marks: dict[str, float] = {}

@@ -14,7 +14,9 @@ from reasonrank.strategies import window_spans
 from reasonrank.teacher.simulated import SimulatedTeacher, SimulationConfig
 
 QUERY = "why do cats purr"
-DOCS = [f"passage {i}: cats purr when content, and sometimes when stressed; fact number {i}." for i in range(10)]
+# Twenty documents, as the replica-death scenario sends; the first DEPTH are ranked, in three windows one after
+# another (a request takes three model answers)
+DOCS = [f"passage {i}: cats purr when content, and sometimes when stressed; fact number {i}." for i in range(20)]
 GRADES = {7: 3, 5: 2, 2: 1, 6: 1}  # document index → relevance grade; the others 0
 WINDOW, STEP, DEPTH = 4, 2, 8
 # Cohere's rank_fields: objects whose `title` and `body`, in that order, make the text ranked (their `text` is
@@ -39,10 +41,17 @@ def scripted_model(latency_s: float) -> SimulatedTeacher:
                             SimulationConfig(noise=0.0, latency_s=latency_s, reasoning_words=8))
 
 
-def scripted_serve_config(model: SimulatedTeacher, **sections: Any) -> dict[str, Any]:
-    """A serve config (as its YAML would read) whose replicas rank with the scripted model through the
-    OpenAI-compatible backend, by the sliding window `expected_order` assumes; `sections` add or replace keys."""
+def scripted_serve_config(base_url: str, **sections: Any) -> dict[str, Any]:
+    """A serve config (as its YAML would read) whose replicas rank with the scripted model at `base_url` through
+    the OpenAI-compatible backend, by the sliding window `expected_order` assumes; `sections` add or replace
+    keys."""
     return {"model_name": "scripted",
-            "engine": {"backend": "openai", "model": "scripted-ranker", "base_url": model.base_url, "max_retries": 0},
+            "engine": {"backend": "openai", "model": "scripted-ranker", "base_url": base_url, "max_retries": 0},
             "strategy": {"name": "sliding_window", "window_size": WINDOW, "step": STEP, "depth": DEPTH},
             "sampling": {"max_new_tokens": 512}, "limits": {"request_timeout_s": 60}, **sections}
+
+
+def fixed_replicas(replicas: int) -> dict[str, Any]:
+    """The `deployment` section of a service with exactly `replicas` model replicas, quick to notice one dead."""
+    return {"autoscaling": {"min_replicas": replicas, "max_replicas": replicas}, "resources": {"num_cpus": 0.5},
+            "health_check_period_s": 2, "graceful_shutdown_timeout_s": 30}

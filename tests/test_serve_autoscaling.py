@@ -5,7 +5,7 @@ The replicas' engine is the OpenAI-compatible backend pointed at the scripted mo
 (tests/scripted_model.py, a test double for a model server): each window is answered after a fixed delay, so a
 replica is cheap to start and every request's ranking is known (and is not the documents' order). Replicas
 are counted by Serve (`serve.status()`) and, to see the second one serve, by which replica handled each
-request (Serve's per-replica logs, `serve.replicas.ReplicaLog`). The autoscaling keys are the config's own
+request (Serve's per-replica logs, `tests/replica_log.py`). The autoscaling keys are the config's own
 (`deployment.autoscaling`), set to react in seconds instead of production's minutes.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from ray.serve.config import AutoscalingConfig
 
 from serve.config import Autoscaling, ServeConfig
-from serve.replicas import ReplicaLog, replica_states
+from tests.replica_log import ReplicaLog, replica_states
 from tests.rerank_load import RerankLoad
 from tests.scripted_model import DOCS, QUERY, expected_order, scripted_model, scripted_serve_config
 from tests.serving import serving
@@ -70,7 +70,7 @@ def _wait(condition, limit_s: float, what: str, watch) -> float:
 @pytest.mark.slow
 def test_load_brings_a_second_serving_replica_and_idleness_takes_it_away(ray_cluster):
     with scripted_model(WINDOW_LATENCY_S) as model:
-        config = ServeConfig.model_validate(scripted_serve_config(model, deployment={"autoscaling": FAST}))
+        config = ServeConfig.model_validate(scripted_serve_config(model.base_url, deployment={"autoscaling": FAST}))
         with serving(config, APP) as client:
             assert replica_states(APP) == {"RUNNING": 1}
             log, most_replicas = ReplicaLog(APP), [0]

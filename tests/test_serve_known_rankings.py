@@ -31,7 +31,7 @@ def model_server():
 
 @pytest.fixture(scope="module")
 def service(ray_cluster, model_server):
-    with serving(ServeConfig.model_validate(scripted_serve_config(model_server)), APP) as client:
+    with serving(ServeConfig.model_validate(scripted_serve_config(model_server.base_url)), APP) as client:
         yield client
 
 

@@ -2,7 +2,7 @@
 with none left answers 503 with Retry-After, never 500.
 
 Real local Ray Serve, real HTTP on 127.0.0.1; the replicas' engine is the OpenAI-compatible backend on a
-scripted model (tests/scripted_ranker.py: known rankings, 0.3 s a window). A replica is killed as a
+scripted model (tests/scripted_model.py: known rankings, 0.3 s a window). A replica is killed as a
 preempted or OOM-killed one is: SIGKILL to its process. One Serve instance for the module, two apps on
 it: two model replicas, and one.
 """
@@ -19,7 +19,8 @@ import psutil
 import pytest
 
 from reasonrank.ports import free_port
-from tests.scripted_ranker import DOCS, QUERY, expected_order, scripted_config, scripted_model
+from serve.config import ServeConfig
+from tests.scripted_model import DOCS, QUERY, expected_order, fixed_replicas, scripted_model, scripted_serve_config
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +30,7 @@ TWO, ONE = f"two-{os.getpid()}", f"one-{os.getpid()}"
 APPS = {TWO: 2, ONE: 1}  # app → model replicas
 REPLICA_WAIT_S = 1.0  # the single-replica app: how long a request waits for a replica before its 503
 BODY = {"query": QUERY, "documents": DOCS}
-EXPECTED = expected_order()
+EXPECTED = expected_order(len(DOCS))
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,8 @@ def service(ray_cluster):
         serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
         try:
             for name, replicas in APPS.items():
-                config = scripted_config(model.base_url, replicas, ingress={"replica_wait_s": REPLICA_WAIT_S})
+                config = ServeConfig.model_validate(scripted_serve_config(
+                    model.base_url, deployment=fixed_replicas(replicas), ingress={"replica_wait_s": REPLICA_WAIT_S}))
                 serve.run(build_app(config), name=name, route_prefix=f"/{name}")
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
                 yield client, model
