@@ -35,7 +35,8 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.scripted_model import DOCS, QUERY, expected_order, fixed_replicas, scripted_model, scripted_serve_config  # noqa: E402
+from tests.scripted_model import (DOCS, MORE_DOCS, QUERY, expected_order, fixed_replicas, scripted_model,
+                                  scripted_serve_config)  # noqa: E402
 
 
 @dataclass
@@ -80,12 +81,12 @@ def model_processes(app: str) -> list[psutil.Process]:
 
 async def load(base_url: str, clients: int, stop: threading.Event) -> list[Outcome]:
     outcomes: list[Outcome] = []
-    expected = expected_order(len(DOCS))
+    expected = expected_order(len(DOCS + MORE_DOCS))
 
     async def client_loop(client: httpx.AsyncClient) -> None:
         while not stop.is_set():
             sent = time.monotonic()
-            r = await client.post("/v2/rerank", json={"query": QUERY, "documents": DOCS})
+            r = await client.post("/v2/rerank", json={"query": QUERY, "documents": DOCS + MORE_DOCS})
             right = r.status_code == 200 and [x["index"] for x in r.json()["results"]] == expected
             outcomes.append(Outcome(sent, time.monotonic(), r.status_code, "retry-after" in r.headers, right))
 

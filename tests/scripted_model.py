@@ -14,9 +14,10 @@ from reasonrank.strategies import window_spans
 from reasonrank.teacher.simulated import SimulatedTeacher, SimulationConfig
 
 QUERY = "why do cats purr"
-# Twenty documents, as the replica-death scenario sends; the first DEPTH are ranked, in three windows one after
-# another (a request takes three model answers)
-DOCS = [f"passage {i}: cats purr when content, and sometimes when stressed; fact number {i}." for i in range(20)]
+# A request's documents; the first DEPTH are ranked in three windows, one after another (three model answers)
+_ALL = [f"passage {i}: cats purr when content, and sometimes when stressed; fact number {i}." for i in range(20)]
+DOCS = _ALL[:10]
+MORE_DOCS = _ALL[10:]  # ten more the model knows, all grade 0: `DOCS + MORE_DOCS` is a twenty-document request
 GRADES = {7: 3, 5: 2, 2: 1, 6: 1}  # document index → relevance grade; the others 0
 WINDOW, STEP, DEPTH = 4, 2, 8
 # Cohere's rank_fields: objects whose `title` and `body`, in that order, make the text ranked (their `text` is
@@ -35,7 +36,7 @@ def expected_order(n: int, window: int = WINDOW, step: int = STEP, depth: int = 
 
 def scripted_model(latency_s: float) -> SimulatedTeacher:
     """The server (not started: use it as a context manager), answering each window after `latency_s`."""
-    return SimulatedTeacher({"q": QUERY}, {**{str(i): t for i, t in enumerate(DOCS)}, **FIELDED_TEXTS},
+    return SimulatedTeacher({"q": QUERY}, {**{str(i): t for i, t in enumerate(_ALL)}, **FIELDED_TEXTS},
                             {"q": {**{str(i): g for i, g in GRADES.items()},
                                    **{f"fielded-{i}": g for i, g in GRADES.items()}}},
                             SimulationConfig(noise=0.0, latency_s=latency_s, reasoning_words=8))

@@ -20,7 +20,8 @@ import pytest
 
 from reasonrank.ports import free_port
 from serve.config import ServeConfig
-from tests.scripted_model import DOCS, QUERY, expected_order, fixed_replicas, scripted_model, scripted_serve_config
+from tests.scripted_model import (DOCS, MORE_DOCS, QUERY, expected_order, fixed_replicas, scripted_model,
+                                  scripted_serve_config)
 
 pytestmark = pytest.mark.slow
 
@@ -29,8 +30,8 @@ pytestmark = pytest.mark.slow
 TWO, ONE = f"two-{os.getpid()}", f"one-{os.getpid()}"
 APPS = {TWO: 2, ONE: 1}  # app → model replicas
 REPLICA_WAIT_S = 1.0  # the single-replica app: how long a request waits for a replica before its 503
-BODY = {"query": QUERY, "documents": DOCS}
-EXPECTED = expected_order(len(DOCS))
+BODY = {"query": QUERY, "documents": DOCS + MORE_DOCS}
+EXPECTED = expected_order(len(DOCS + MORE_DOCS))
 
 
 @pytest.fixture(scope="module")
