@@ -342,9 +342,9 @@ class DataConfig(Strict):
             dataset = RetrievalDataset.from_files(self.queries, self.corpus, self.qrels, self.run,
                                                   first_stage_depth=self.first_stage_depth)
         elif self.source == "ranking_bench":
-            from reasonrank.data.ranking_bench import load_ranking_bench, ranking_dataset
+            from reasonrank.data.ranking_bench import ranking_dataset
 
-            dataset = ranking_dataset(load_ranking_bench(self.path, self.dataset or "direct"))
+            dataset = ranking_dataset(self.ranking_bench_items())
         elif self.source == "bright":
             if not self.bright_task:
                 raise ConfigError("data.source=bright needs data.bright_task (e.g. biology)")
@@ -360,6 +360,15 @@ class DataConfig(Strict):
         if self.limit:
             dataset = dataset.head(self.limit)
         return dataset
+
+    def ranking_bench_items(self):
+        """ranking_bench: the items of config `dataset` (default direct), split and limit applied."""
+        from reasonrank.data.ranking_bench import SPLITS, load_ranking_bench
+
+        if self.source != "ranking_bench":
+            raise ConfigError(f"data.source={self.source} has no Ranking-bench items; set data.source=ranking_bench")
+        items = load_ranking_bench(self.path, self.dataset or "direct", [self.split] if self.split else SPLITS)
+        return items[: self.limit] if self.limit else items
 
     def _benchmark(self):
         if not self.dataset:

@@ -148,3 +148,19 @@ def test_greedy_elimination_ranks_the_positive_by_the_rule_and_scores_per_task(b
     assert metrics["Router-Cost"]["mrr"] == 1.0 and metrics["Router-Cost"]["hit@1"] == 1.0
     assert metrics["Passage-5"] == pytest.approx({"queries": 1, "mrr": 0.2, "ndcg@1": 0.0, "ndcg@3": 0.0,
                                                   "hit@1": 0.0, "hit@3": 0.0})
+
+
+def test_grpo_makes_the_rl_task_rows_from_ranking_bench(bench):
+    from jobs.grpo import load_rl_set
+    from jobs.grpo_config import GRPOConfig
+    from reasonrank.config import ConfigError, parse_config
+
+    cfg = parse_config({"data": {"source": "ranking_bench", "path": bench, "split": "train"},
+                        "rl_task": "elimination_step", "seed": 5}, GRPOConfig)
+    rows = load_rl_set(cfg.rl_set, cfg.data, cfg.rollout.window_size, cfg.rl_task, cfg.seed)
+    assert rows == elimination_step_rows(load_ranking_bench(bench, splits=["train"]), seed=5)
+    assert {r.qid for r in rows} == {"train-0", "train-1"}  # data.split keeps the train items
+    lists = load_rl_set(None, cfg.data, 20, "one_shot_list")
+    assert [(r.id, r.task) for r in lists] == [("train-0", "one_shot_list"), ("train-1", "one_shot_list")]
+    with pytest.raises(ConfigError, match="rl_task.*ranking_bench"):
+        parse_config({"rl_task": "one_shot_list"}, GRPOConfig)

@@ -127,3 +127,12 @@ def elimination_step_rows(items: Sequence[RankingItem], seed: int = 0) -> list[R
                                 [item.docids[j] for j in shown], [item.candidates[j] for j in shown], [],
                                 [item.gt_docid], task="elimination_step"))
     return out
+
+
+def rl_rows(items: Sequence[RankingItem], task: str, seed: int = 0) -> list[RLSample]:
+    """The RL rows of `task` (one_shot_list or elimination_step) made from `items`."""
+    if task == "one_shot_list":
+        return one_shot_rows(items)
+    if task == "elimination_step":
+        return elimination_step_rows(items, seed)
+    raise ValueError(f"Ranking-bench items make one_shot_list or elimination_step rows, not {task!r}")
