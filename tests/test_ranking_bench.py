@@ -13,7 +13,7 @@ from reasonrank.data.ranking_bench import (elimination_step_rows, load_ranking_b
 from reasonrank.data.tables import write_records
 from reasonrank.elimination_metrics import gt_rank, per_task_metrics
 from reasonrank.engines.base import Engine, Generation, SamplingParams
-from reasonrank.strategies import IterativeElimination, rank_requests
+from reasonrank.strategies import IterativeElimination, OneShot, rank_requests
 
 TRAIN = [
     {"problem": "I watched Alien, Heat.", "candidates": ["Up", "Cars", "Jaws", "Fargo"], "gt": "Jaws",
@@ -109,16 +109,17 @@ _SHOWN = re.compile(r"^\[(\d+)\] (.+)$", flags=re.M)
 
 class ScriptedEliminator(Engine):
     """A test double for a model: eliminates, among the candidates the prompt shows, the first one in its
-    query's script (candidate texts, in the order to eliminate them); records each prompt's system text."""
+    query's script (candidate texts, in the order to eliminate them); records each query's system prompt."""
 
     def __init__(self, scripts: dict[str, list[str]]):
-        self.scripts, self.systems = scripts, []
+        self.scripts, self.systems = scripts, {}
 
     async def agenerate(self, messages, params: SamplingParams) -> list[Generation]:
-        self.systems.append(messages[0]["content"])
         user = messages[-1]["content"]
+        query = next(q for q in self.scripts if q in user)
+        self.systems[query] = messages[0]["content"]
         shown = {text: k for k, text in _SHOWN.findall(user)}
-        script = next(s for q, s in self.scripts.items() if q in user)
+        script = self.scripts[query]
         k = next(shown[t] for t in script if t in shown)
         return [Generation(f"<think>drop it</think><answer>[{k}]</answer>", prompt_tokens=10, completion_tokens=5,
                            latency_s=0.0)]
@@ -139,8 +140,8 @@ def test_greedy_elimination_ranks_the_positive_by_the_rule_and_scores_per_task(b
         eliminated = [t for t in script if t in item.candidates][:n - 1]
         assert rankings[item.qid].index(item.gt_docid) + 1 == gt_rank(n, eliminated, item.gt)
     assert [rankings[i.qid].index(i.gt_docid) + 1 for i in items] == [3, 1, 5]
-    assert any("candidate item" in s for s in engine.systems)  # each family's own prompt
-    assert any("candidate model" in s for s in engine.systems) and any("passage" in s for s in engine.systems)
+    assert "candidate item" in engine.systems["I watched Alien"]  # each family's own prompt
+    assert "candidate model" in engine.systems["haiku"] and "passage" in engine.systems["comet"]
 
     metrics = per_task_metrics(rankings, dataset.qrels, {i.qid: i.task_name for i in items}, ks=(1, 3))
     assert metrics["Rec-Movie"] == pytest.approx({"queries": 1, "mrr": 1 / 3, "ndcg@1": 0.0, "ndcg@3": 0.5,
@@ -148,6 +149,16 @@ def test_greedy_elimination_ranks_the_positive_by_the_rule_and_scores_per_task(b
     assert metrics["Router-Cost"]["mrr"] == 1.0 and metrics["Router-Cost"]["hit@1"] == 1.0
     assert metrics["Passage-5"] == pytest.approx({"queries": 1, "mrr": 0.2, "ndcg@1": 0.0, "ndcg@3": 0.0,
                                                   "hit@1": 0.0, "hit@3": 0.0})
+
+
+def test_one_shot_ranks_with_each_familys_list_prompt(bench):
+    items = load_ranking_bench(bench)
+    engine = ScriptedEliminator({"I watched Alien": ["Up"], "haiku": ["Mixtral-8x7B"], "comet": ["ice"]})
+    ranked = rank_requests(engine, OneShot(depth=None), ranking_dataset(items).requests(), SamplingParams())
+    assert [len(r.candidates) for r in ranked] == [4, 3, 5]
+    assert "candidate items" in engine.systems["I watched Alien"]
+    assert "candidate models" in engine.systems["haiku"]
+    assert "rank passages based on their relevance" in engine.systems["comet"]  # ReasonRank's listwise prompt
 
 
 def test_grpo_makes_the_rl_task_rows_from_ranking_bench(bench):
