@@ -3,7 +3,9 @@ the RL rows made from its items (DRanker one per item, IRanker's independent sin
 greedy iterative elimination: the positive's rank rule and MRR / NDCG / Hit per task."""
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +17,7 @@ from reasonrank.elimination_metrics import gt_rank, per_task_metrics
 from reasonrank.engines.base import Engine, Generation, SamplingParams
 from reasonrank.strategies import IterativeElimination, OneShot, rank_requests
 
+REPO = Path(__file__).resolve().parent.parent
 TRAIN = [
     {"problem": "I watched Alien, Heat.", "candidates": ["Up", "Cars", "Jaws", "Fargo"], "gt": "Jaws",
      "task_name": "Rec-Movie"},
@@ -175,3 +178,35 @@ def test_grpo_makes_the_rl_task_rows_from_ranking_bench(bench):
     assert [(r.id, r.task) for r in lists] == [("train-0", "one_shot_list"), ("train-1", "one_shot_list")]
     with pytest.raises(ConfigError, match="rl_task.*ranking_bench"):
         parse_config({"rl_task": "one_shot_list"}, GRPOConfig)
+
+
+def test_evaluate_reports_each_task_and_compares_a_baseline_within_it(ray_cluster, tiny_model_dir, tmp_path):
+    """The evaluate job on the tiny model (transformers engine) by iterative elimination: its per-task report is
+    the run's own ranking scored per task, and the comparison with a baseline that ranks every positive first
+    is made within each task."""
+    from jobs.evaluate import EvaluateConfig, evaluate
+    from reasonrank.config import load_config
+    from reasonrank.data.trec import read_run, write_run
+
+    more = [{**TRAIN[0], "problem": "I watched Brazil.", "gt": "Up"},
+            {**TRAIN[1], "problem": "Which model for a proof?", "gt": "Qwen-1.5 (72b)"}]
+    bench = tmp_path / "bench"
+    write_records(bench / "direct" / "train.jsonl", TRAIN + more)  # two queries per task: a paired comparison
+    items = load_ranking_bench(str(bench))
+    baseline = tmp_path / "oracle.trec"
+    write_run(baseline, {i.qid: [i.gt_docid] + [d for d in i.docids if d != i.gt_docid] for i in items}, tag="oracle")
+    cfg = load_config(REPO / "configs" / "evaluate-tiny.yaml", EvaluateConfig, {
+        "data.source": "ranking_bench", "data.path": str(bench), "data.split": "train", "engine.model": str(tiny_model_dir),
+        "engine.backend": "transformers", "sampling.max_new_tokens": 8, "build_tiny_model": False,
+        "strategy.name": "iterative_elimination", "output_dir": str(tmp_path / "out"), "baseline_run": str(baseline)})
+    summary = evaluate(cfg)
+    run = {q: sorted(scores, key=lambda d: -scores[d]) for q, scores in read_run(tmp_path / "out" / "run.trec").items()}
+    qrels = {i.qid: {i.gt_docid: 1} for i in items}
+    expected = per_task_metrics(run, qrels, {i.qid: i.task_name for i in items})
+    per_task = json.loads((tmp_path / "out" / "metrics.json").read_text())["per_task"]
+    assert sorted(per_task) == ["Rec-Movie", "Router-Cost"] and summary["per_task"] == per_task
+    for task, values in per_task.items():
+        assert {k: v for k, v in values.items() if k != "vs_baseline"} == pytest.approx(expected[task])
+        mrr = values["vs_baseline"]["mrr"]
+        assert values["queries"] == mrr["queries"] == 2
+        assert mrr["difference"] == pytest.approx(expected[task]["mrr"] - 1.0)
