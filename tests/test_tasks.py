@@ -89,6 +89,12 @@ def test_recommendation_and_routing_prompts_name_their_candidates(domain, says):
     assert "[2] > [1]" in _list(domain).messages()[1]["content"]
 
 
+def test_each_task_parses_in_its_own_terms():
+    assert task_named("elimination_step").parse("<think>x</think><answer>[4]</answer>", _step()).index == 3
+    assert task_named("one_shot_list").parse("<think>x</think><answer>[3] > [1]</answer>", _list()).order == [2, 0, 1, 3]
+    assert task_named("listwise_window").parse("<think>x</think><answer>[2]</answer>", _window()).order == [1, 0, 2]
+
+
 def test_rows_written_before_tasks_are_listwise_windows():
     record = _window().to_record()
     assert record["task"] == DEFAULT_TASK

@@ -13,7 +13,7 @@ here they name identifiers, so one parser reads every family.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from reasonrank.elimination import elimination_messages
@@ -74,7 +74,7 @@ class Family:
         return f"{self.context_label}:\n{rewrite_brackets(context)}\n\n{self.candidates.capitalize()}:\n{body}"
 
     @staticmethod
-    def _messages(system: str, user, context: str, candidates: Sequence[str],
+    def _messages(system: str, user: Callable[[str, Sequence[str]], str], context: str, candidates: Sequence[str],
                   truncate: PassageTruncator | None) -> list[dict[str, str]]:
         def build(c: str, cands: Sequence[str]) -> list[dict[str, str]]:
             return [{"role": "system", "content": system}, {"role": "user", "content": user(c, cands)}]
