@@ -2,7 +2,9 @@
 GPUs, the actor holding `tensor_parallel_size` GPUs), apart from the learners.
 
 A worker answers RL prompts with G samples each and returns `Rollout`s carrying the sampled token ids, the
-engine's log-probabilities and the version of the weights that sampled them. Weights arrive through
+engine's log-probabilities and the version of the weights that sampled them. Each row's prompt is its task's
+(`RLSample.task`, `reasonrank.tasks`: a listwise window, a one-shot list, an elimination step), so a batch may
+mix tasks. Weights arrive through
 `actors/weight_sync.py`.
 
 A step's generation is submitted (`RolloutGroup.submit`) and collected (`collect`) apart, so the

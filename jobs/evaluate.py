@@ -10,7 +10,9 @@ resubmitted with the same config resumes with the queries it had not done. Outpu
 `first_stage.trec`, `metrics.json` (before/after reranking), `windows.jsonl` (per-window tokens, latency, well-formedness),
 `metrics.png`. With `baseline_run` (another ranker's TREC run over the same queries, e.g. the SFT model's
 `run.trec`), `metrics.json` also compares the two query by query: the mean difference of each metric, its 95%
-confidence interval and a paired randomisation test (`reasonrank/significance.py`).
+confidence interval and a paired randomisation test (`reasonrank/significance.py`). On Ranking-bench
+(`data.source: ranking_bench`) `metrics.json` also holds `per_task`: each task's MRR, NDCG@k and Hit@k, and with
+a baseline run the MRR difference within each task, query by query.
 """
 from __future__ import annotations
 
@@ -27,10 +29,11 @@ from jobs.progress import StageProgress
 from reasonrank import fingerprint, storage
 from reasonrank.config import DataConfig, EngineConfig, SamplingConfig, Strict, load_config
 from reasonrank.data.trec import Run, read_run, write_run
+from reasonrank.elimination_metrics import per_task_metrics
 from reasonrank.metrics import evaluate_run
 from reasonrank.reporting import metrics_table, plot_metrics
 from reasonrank.reranker import Reranker
-from reasonrank.significance import compare_runs
+from reasonrank.significance import PairedDifference, compare_runs
 from reasonrank.strategies import StrategyConfig
 from reasonrank.types import RankedList, RerankRequest, WindowLog, Windows
 
@@ -204,6 +207,8 @@ def _report(cfg: EvaluateConfig, requests: list[RerankRequest], done: dict[str, 
     compared = compare_runs(baseline, reranked_scores, qrels, REPORTED) if baseline is not None else {}
     if compared:
         summary["vs_baseline"] = {"run": cfg.baseline_run, **{m: d.as_dict() for m, d in compared.items()}}
+    if cfg.data.source == "ranking_bench":
+        summary["per_task"] = _per_task(requests, reranked, qrels, baseline)
     out = cfg.output_dir
     storage.makedirs(out)
     _write_run(storage.join(out, "first_stage.trec"), first_stage, "first_stage")
@@ -220,7 +225,33 @@ def _report(cfg: EvaluateConfig, requests: list[RerankRequest], done: dict[str, 
           f"{cost['prompt_tokens']:.0f} prompt and {cost['completion_tokens']:.0f} completion tokens")
     if compared:
         print(f"vs {cfg.baseline_run}: {compared['ndcg@10'].describe()}")
+    for task, values in summary.get("per_task", {}).items():
+        against = (f"; vs baseline: {PairedDifference.from_dict(values['vs_baseline']['mrr']).describe()}"
+                   if "vs_baseline" in values else "")
+        print(f"{task}: MRR {values['mrr']:.4f}, NDCG@5 {values['ndcg@5']:.4f}, Hit@1 {values['hit@1']:.4f} over "
+              f"{values['queries']} queries{against}")
     return summary
+
+
+def _per_task(requests: list[RerankRequest], reranked: dict[str, list[str]], qrels: dict[str, dict[str, int]],
+              baseline: Run | None) -> dict[str, dict[str, Any]]:
+    """Ranking-bench: each task's MRR, NDCG@k and Hit@k (the query's domain is its task name) and, with a
+    baseline run, the reranked run's MRR against it within each task of two queries or more, query by query."""
+    task_of = {r.query.qid: r.query.domain for r in requests}
+    out: dict[str, dict[str, Any]] = per_task_metrics(reranked, qrels, task_of)
+    if baseline is None:
+        return out
+    full = f"mrr@{max((len(r) for r in reranked.values()), default=1)}"  # MRR over the whole list
+    for task in out:
+        if out[task]["queries"] < 2:  # a paired comparison needs two queries at least
+            continue
+
+        def only(table: dict) -> dict:
+            return {q: v for q, v in table.items() if task_of.get(q) == task}
+
+        (difference,) = compare_runs(only(baseline), only(_as_scores(reranked)), only(qrels), (full,)).values()
+        out[task]["vs_baseline"] = {"mrr": difference.as_dict()}
+    return out
 
 
 def _as_scores(rankings: dict[str, list[str]]) -> dict[str, dict[str, float]]:

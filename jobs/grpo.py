@@ -82,8 +82,10 @@ def run(config_path: str, overrides: dict[str, Any]) -> dict[str, Any]:
             trainer.close()
 
 
-def load_rl_set(path: str | None, data: DataConfig, window: int) -> list[RLSample]:
-    """RL rows from a table, or the gold set of `data` (relevance labels as the teacher)."""
+def load_rl_set(path: str | None, data: DataConfig, window: int, task: str | None = None,
+                seed: int = 0) -> list[RLSample]:
+    """RL rows from a table; else `task`'s rows made from Ranking-bench items (`data`); else the gold set of
+    `data` (relevance labels as the teacher)."""
     if path is not None:
         from reasonrank.data.tables import read_records
 
@@ -91,6 +93,10 @@ def load_rl_set(path: str | None, data: DataConfig, window: int) -> list[RLSampl
         if not rows:
             raise ValueError(f"{path}: the RL set has no rows")
         return rows
+    if task is not None:
+        from reasonrank.data.ranking_bench import rl_rows
+
+        return rl_rows(data.ranking_bench_items(), task, seed)
     from reasonrank.rl.gold_set import gold_rl_samples
 
     return gold_rl_samples(data.load(), window)
@@ -135,12 +141,13 @@ class GRPOTrainer:
         self.cfg = cfg
         a = cfg.algorithm
         fingerprint.check_and_record(cfg.output_dir, "grpo", results_fingerprint(cfg))
-        self.rl_set = load_rl_set(cfg.rl_set, cfg.data, cfg.rollout.window_size)
+        self.rl_set = load_rl_set(cfg.rl_set, cfg.data, cfg.rollout.window_size, cfg.rl_task, cfg.seed)
         if cfg.eval.rl_set is not None and cfg.rl_set is not None and storage.same_location(cfg.eval.rl_set, cfg.rl_set):
             self.eval_set, self.rl_set = hold_out_queries(self.rl_set, cfg.eval.num_prompts)
         else:
             eval_data = cfg.data.model_copy(update={"split": cfg.eval.split})
-            self.eval_set = load_rl_set(cfg.eval.rl_set, eval_data, cfg.rollout.window_size)[: cfg.eval.num_prompts]
+            self.eval_set = load_rl_set(cfg.eval.rl_set, eval_data, cfg.rollout.window_size, cfg.rl_task,
+                                        cfg.seed)[: cfg.eval.num_prompts]
         self.sampler = PromptSampler(len(self.rl_set), cfg.seed)
         tokenizer = AutoTokenizer.from_pretrained(storage.local_dir(cfg.model, only=storage.TOKENIZER_FILES))
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -107,6 +107,9 @@ class GRPOConfig(Strict):
     model: str = "outputs/sft-demo/final"  # the SFT export (Hugging Face folder): policy, reference, engines
     rl_set: str | None = None  # RLSample rows (.parquet/.jsonl, e.g. the synthesize job's rl.parquet)
     data: DataConfig = DataConfig(split="train", first_stage_depth=20)  # rl_set=None: gold set from the qrels
+    # rl_set=None with data.source=ranking_bench: the R1-Ranker task the rows are made for (docs/r1-ranker.md);
+    # None: listwise windows from the qrels
+    rl_task: Literal["one_shot_list", "elimination_step"] | None = None
     steps: int = Field(100, ge=1)
     seed: int = 0
     algorithm: AlgorithmConfig = AlgorithmConfig()
@@ -132,6 +135,9 @@ class GRPOConfig(Strict):
             raise ValueError(
                 f"algorithm.prompts_per_step × group_size = {rollouts} rollouts per step must divide evenly over "
                 f"learner.replicas × learner.micro_batch_size × algorithm.updates_per_step = {per_update}")
+        if self.rl_task is not None and self.data.source != "ranking_bench":
+            raise ValueError(f"rl_task={self.rl_task} makes rows from Ranking-bench items: set data.source to "
+                             f"ranking_bench, not {self.data.source}")
         if "model" in self.rollout.engine.model_fields_set and self.rollout.engine.model != self.model:
             raise ValueError("rollout.engine.model: leave it out; the engines load `model` (the policy's start)")
         if a.max_staleness and self.rollout.temperature != 1.0:

@@ -307,7 +307,7 @@ def _field_type(model: Any, path: list[str]) -> Any:
 class DataConfig(Strict):
     """Where queries, passages, relevance labels and the first-stage run come from."""
 
-    source: Literal["demo", "files", "bright", "beir", "r2med", "ir_datasets"] = "demo"
+    source: Literal["demo", "files", "bright", "beir", "r2med", "ir_datasets", "ranking_bench"] = "demo"
     demo_dir: str = "outputs/demo"  # demo: generated here (deterministically) when absent
     queries: str | None = None  # files: jsonl/parquet with qid, text[, domain, answer, split]; or TREC DL's topics .tsv
     corpus: str | None = None  # files: jsonl/parquet with docid, text; or an `id<TAB>text` .tsv (MS MARCO's)
@@ -320,6 +320,9 @@ class DataConfig(Strict):
     # (msmarco-passage/trec-dl-2019/judged, msmarco-passage/trec-dl-2020/judged, msmarco-passage/dev/small, …)
     dataset: str | None = None
     dataset_source: str | None = None  # beir, r2med: a local copy in the benchmark's layout (default: the hub)
+    # ranking_bench: a local copy in the dataset's layout, <config>/<split>.parquet or .jsonl (default: the hub);
+    # data.dataset names the config (direct, the default, or iterative), data.split keeps one split
+    path: str | None = None
     split: str | None = None  # keep only queries of this split (demo: "test" holds out training queries)
     first_stage_depth: int = Field(100, ge=1)
     limit: int | None = Field(None, ge=1)  # first N queries only
@@ -338,6 +341,10 @@ class DataConfig(Strict):
                 raise ConfigError(f"data.source=files needs data.{' and data.'.join(missing)}")
             dataset = RetrievalDataset.from_files(self.queries, self.corpus, self.qrels, self.run,
                                                   first_stage_depth=self.first_stage_depth)
+        elif self.source == "ranking_bench":
+            from reasonrank.data.ranking_bench import ranking_dataset
+
+            dataset = ranking_dataset(self.ranking_bench_items())
         elif self.source == "bright":
             if not self.bright_task:
                 raise ConfigError("data.source=bright needs data.bright_task (e.g. biology)")
@@ -353,6 +360,15 @@ class DataConfig(Strict):
         if self.limit:
             dataset = dataset.head(self.limit)
         return dataset
+
+    def ranking_bench_items(self):
+        """ranking_bench: the items of config `dataset` (default direct), split and limit applied."""
+        from reasonrank.data.ranking_bench import SPLITS, load_ranking_bench
+
+        if self.source != "ranking_bench":
+            raise ConfigError(f"data.source={self.source} has no Ranking-bench items; set data.source=ranking_bench")
+        items = load_ranking_bench(self.path, self.dataset or "direct", [self.split] if self.split else SPLITS)
+        return items[: self.limit] if self.limit else items
 
     def _benchmark(self):
         if not self.dataset:

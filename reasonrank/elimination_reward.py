@@ -11,8 +11,10 @@ content term plus a format term:
              once, nothing before or after            ->  0
              otherwise                                -> -1
 
-The format values follow R1-Ranker's reference implementation (structure 0 / -1; its tag-count check is
-folded into the same term). All five values are configurable.
+The values follow the paper and R1-Ranker's released reward (verl/utils/reward_score/exclusion_reward.py in
+ulab-uiuc/R1-Ranker: `exclude_reward`, `format_reward` 0 / -1; its `tag_count_reward` is folded into the format
+term). All five values are configurable. Where this differs from the release (it scores prompt + response and
+reads candidate names from the first answer line): docs/r1-ranker.md.
 """
 from __future__ import annotations
 
@@ -20,9 +22,8 @@ from collections.abc import Collection, Sequence
 
 from reasonrank.config import Strict
 from reasonrank.elimination import parse_elimination
-from reasonrank.parsing import THINK_THEN_ANSWER
-
-_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
+from reasonrank.parsing import has_exact_format
+from reasonrank.task_reward import TaskReward
 
 
 class EliminationRewardWeights(Strict):
@@ -33,15 +34,10 @@ class EliminationRewardWeights(Strict):
     format_bad: float = -1.0
 
 
-def has_elimination_format(response: str) -> bool:
-    """`<think>…</think><answer>…</answer>` and nothing else around it, each tag exactly once."""
-    return (THINK_THEN_ANSWER.fullmatch(response.strip()) is not None
-            and all(response.count(tag) == 1 for tag in _TAGS))
-
-
-def elimination_step_reward(response: str, remaining_docids: Sequence[str], relevant_docids: Collection[str],
-                            weights: EliminationRewardWeights = EliminationRewardWeights()) -> float:
-    """The reward of one elimination step over `remaining_docids` (as shown, [1] first)."""
+def elimination_step_terms(response: str, remaining_docids: Sequence[str], relevant_docids: Collection[str],
+                           weights: EliminationRewardWeights = EliminationRewardWeights()) -> TaskReward:
+    """The reward of one elimination step over `remaining_docids` (as shown, [1] first), with its `content`
+    and `format` terms. Outcome: "malformed" (format term bad), else "no_candidate", else "scored"."""
     parsed = parse_elimination(response, len(remaining_docids))
     if not parsed.named:
         content = weights.no_candidate
@@ -49,4 +45,13 @@ def elimination_step_reward(response: str, remaining_docids: Sequence[str], rele
         content = weights.removed_relevant
     else:
         content = weights.removed_non_relevant
-    return content + (weights.format_ok if has_elimination_format(response) else weights.format_bad)
+    well_formatted = has_exact_format(response)
+    form = weights.format_ok if well_formatted else weights.format_bad
+    outcome = "malformed" if not well_formatted else "scored" if parsed.named else "no_candidate"
+    return TaskReward(content + form, outcome, {"content": content, "format": form})
+
+
+def elimination_step_reward(response: str, remaining_docids: Sequence[str], relevant_docids: Collection[str],
+                            weights: EliminationRewardWeights = EliminationRewardWeights()) -> float:
+    """The scalar reward of one elimination step (see `elimination_step_terms`)."""
+    return elimination_step_terms(response, remaining_docids, relevant_docids, weights).reward

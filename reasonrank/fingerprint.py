@@ -54,7 +54,9 @@ def fingerprint(config: BaseModel | dict[str, Any], ignore: Iterable[str] = ()) 
 
 
 def changed_keys(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
-    return sorted(k for k in before.keys() | after.keys() if before.get(k, "<unset>") != after.get(k, "<unset>"))
+    """Keys whose values differ; a key one side lacks counts as None there, so a key added to a config later with
+    a None default leaves the fingerprints of older runs valid."""
+    return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
 
 
 def check_and_record(folder: str, stage: str, current: dict[str, Any], moved_by: str = "output_dir") -> bool:

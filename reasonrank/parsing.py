@@ -38,6 +38,16 @@ def has_think_then_answer(response: str) -> bool:
     return THINK_THEN_ANSWER.search(response) is not None
 
 
+_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
+
+
+def has_exact_format(response: str) -> bool:
+    """`<think>…</think><answer>…</answer>` and nothing else around it, each tag exactly once: R1-Ranker's
+    format term (its structure and tag-count checks in one)."""
+    return (THINK_THEN_ANSWER.fullmatch(response.strip()) is not None
+            and all(response.count(tag) == 1 for tag in _TAGS))
+
+
 def extract_answer(response: str) -> str | None:
     """The answer text: the one after `</think>` when the response is structured, else the first
     `<answer>` section; None when the response has none."""

@@ -204,3 +204,11 @@ def test_vllm_reads_its_seed(tmp_path):
     fingerprint.check_and_record(first.output_dir, "evaluate", results_fingerprint(first))
     with pytest.raises(FingerprintMismatch, match="engine.seed: 0 → 7"):
         fingerprint.check_and_record(seeded.output_dir, "evaluate", results_fingerprint(seeded))
+
+
+def test_a_key_added_later_with_a_none_default_keeps_older_runs_resumable(tmp_path):
+    folder = str(tmp_path / "run")
+    fingerprint.check_and_record(folder, "grpo", {"a": 1})  # recorded before data.path existed
+    assert fingerprint.check_and_record(folder, "grpo", {"a": 1, "data.path": None}) is True
+    with pytest.raises(FingerprintMismatch, match="data.path: unset → "):
+        fingerprint.check_and_record(folder, "grpo", {"a": 1, "data.path": "bench"})

@@ -4,7 +4,8 @@ relevant of the remaining candidates, which is removed, until `stop_at` remain (
 The final ranking is the reverse elimination order under the remaining ones (kept in their current
 order), then the untouched tail below `depth`: always a permutation. A query takes depth - stop_at engine
 calls, one per round, so the driver batches step i of every query into one call. The remaining candidates
-always end up on top, so each step is logged as the span (0, m) of the final list.
+always end up on top, so each step is logged as the span (0, m) of the final list. The prompt is the query's
+family's (`reasonrank.tasks.families`: passages, or a Ranking-bench task's items or models).
 """
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from reasonrank.elimination import elimination_messages, parse_elimination
+from reasonrank.elimination import parse_elimination
 from reasonrank.prompt import PassageTruncator
 from reasonrank.strategies.base import EngineCall, RankingStrategy, Steps, StrategyParams
+from reasonrank.tasks.families import family_of
 from reasonrank.types import RankedList, RerankRequest
 
 
@@ -31,9 +33,10 @@ class IterativeElimination(RankingStrategy):
         depth = len(request.candidates) if self.depth is None else min(self.depth, len(request.candidates))
         remaining = list(request.candidates[:depth])
         texts = [truncate(c.text) for c in remaining]  # cut once, not once per step
+        family = family_of(request.query.domain)  # Ranking-bench's items and models are not passages
         eliminated, logs = [], []
         while len(remaining) > self.stop_at:
-            call = EngineCall(elimination_messages(request.query.text, texts), 0, len(remaining))
+            call = EngineCall(family.elimination_messages(request.query.text, texts), 0, len(remaining))
             gen = yield call
             parsed = parse_elimination(gen.text, len(remaining))
             eliminated.append(remaining.pop(parsed.index))

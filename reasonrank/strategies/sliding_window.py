@@ -7,8 +7,9 @@ from pydantic import Field, model_validator
 
 from reasonrank.config import PromptConfig
 from reasonrank.parsing import parse_ranking
-from reasonrank.prompt import PassageTruncator, listwise_messages
+from reasonrank.prompt import PassageTruncator
 from reasonrank.strategies.base import EngineCall, RankingStrategy, Steps, StrategyParams
+from reasonrank.tasks.families import family_of
 from reasonrank.types import RankedList, RerankRequest
 
 
@@ -40,10 +41,11 @@ class SlidingWindow(RankingStrategy):
     def steps(self, request: RerankRequest, truncate: PassageTruncator) -> Steps:
         ranked = list(request.candidates)
         depth = len(ranked) if self.depth is None else min(self.depth, len(ranked))
+        family = family_of(request.query.domain)  # passages' listwise prompt, or a Ranking-bench task's own
         logs = []
         for start, end in window_spans(depth, self.window_size, self.step):
             window = ranked[start:end]
-            call = EngineCall(listwise_messages(request.query.text, [c.text for c in window], truncate),
+            call = EngineCall(family.list_messages(request.query.text, [c.text for c in window], truncate),
                               start, end)
             gen = yield call
             parsed = parse_ranking(gen.text, len(window))
