@@ -8,7 +8,6 @@ import pytest
 
 from reasonrank.data.training_sets import RLSample
 from reasonrank.elimination import elimination_messages
-from reasonrank.elimination_reward import elimination_step_terms
 from reasonrank.list_reward import list_reward_terms
 from reasonrank.prompt import listwise_messages
 from reasonrank.rl.advantages import dr_grpo_advantages, grouped_advantages
