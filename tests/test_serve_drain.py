@@ -140,7 +140,6 @@ class Answer:
 class Drain:
     node_id: str
     replica_id: str
-    began_at: float
     replacement_id: str = ""
     replacement_running_at: float = 0.0
     stopping_at: float = 0.0  # the draining replica first seen stopping
@@ -169,8 +168,9 @@ async def _drain_under_load(base_url: str, model) -> tuple[list[Answer], Drain]:
             while model.in_flight < CLIENTS - 1:  # the replica holds calls in the middle of a window
                 await asyncio.sleep(0.01)
             [old] = await asyncio.to_thread(_model_replicas)
-            state = Drain(old["node_id"], old["replica_id"], time.time())
-            await asyncio.to_thread(drain, ray.get_runtime_context().gcs_address, state.node_id, DRAIN_DEADLINE_S, "spot notice (test)")
+            state = Drain(old["node_id"], old["replica_id"])
+            await asyncio.to_thread(drain, ray.get_runtime_context().gcs_address, state.node_id, DRAIN_DEADLINE_S,
+                                    "spot notice (test)")
             deadline = time.monotonic() + DRAIN_DEADLINE_S + 30
             while not (state.gone_at and state.replacement_running_at):
                 assert time.monotonic() < deadline, f"the draining replica never went or was never replaced: {state}"
