@@ -69,7 +69,8 @@ def _metric(name: str, **tags: str) -> float:
     """Sum of a Prometheus series over the tag sets that carry `tags`, from this node's Ray metrics endpoint."""
     import ray
 
-    port = ray.nodes()[0]["MetricsExportPort"]
+    here = ray.get_runtime_context().get_node_id()  # the session may hold other nodes, dead ones too
+    port = next(n["MetricsExportPort"] for n in ray.nodes() if n["NodeID"] == here)
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
     total = 0.0
     for labels, value in re.findall(rf"^{re.escape(name)}\{{([^}}]*)\}} ([0-9.eE+-]+)$", text, re.MULTILINE):
