@@ -41,6 +41,12 @@ def console(monkeypatch):
     root = logging.getLogger()
     monkeypatch.setattr(root, "handlers", [handler])
     monkeypatch.setattr(root, "level", logging.INFO)
+    # whatever a library did to the progress logger earlier in this process (a logging config that disables
+    # the loggers existing then, a level), the console under test starts from the defaults
+    for name in ("jobs", progress_mod.LOGGER):
+        monkeypatch.setattr(logging.getLogger(name), "disabled", False)
+        monkeypatch.setattr(logging.getLogger(name), "level", logging.NOTSET)
+    monkeypatch.setattr(logging.root.manager, "disable", logging.NOTSET)
     monkeypatch.setattr(progress_mod, "_interval_s", 0.0)
     return stream
 
