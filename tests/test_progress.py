@@ -40,15 +40,13 @@ def console(monkeypatch):
     handler = ConsoleHandler(stream, interactive=True)
     root = logging.getLogger()
     monkeypatch.setattr(root, "handlers", [handler])
-    monkeypatch.setattr(root, "level", logging.INFO)
-    # whatever a library did to the progress logger earlier in this process (a logging config that disables
-    # the loggers existing then, a level), the console under test starts from the defaults
-    for name in ("jobs", progress_mod.LOGGER):
-        monkeypatch.setattr(logging.getLogger(name), "disabled", False)
-        monkeypatch.setattr(logging.getLogger(name), "level", logging.NOTSET)
-    monkeypatch.setattr(logging.root.manager, "disable", logging.NOTSET)
     monkeypatch.setattr(progress_mod, "_interval_s", 0.0)
-    return stream
+    # setLevel, not the attribute: it also clears the loggers' cached "is INFO enabled" answers, which a progress
+    # line logged earlier in this process while the root was at WARNING would have left at "no"
+    level = root.level
+    root.setLevel(logging.INFO)
+    yield stream
+    root.setLevel(level)
 
 
 def test_each_stage_keeps_one_line_with_its_count_time_left_and_outputs(console):
