@@ -12,6 +12,7 @@ written with `write_parquet` and combined, part by part, into one file by a Ray 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -228,41 +229,51 @@ def write_tables(assembled, out_dir: str, schemas: dict[str, pa.Schema]) -> dict
 
 
 def _combine_all(staging: str, out_dir: str, schemas: dict[str, pa.Schema]) -> dict[str, int]:
+    """Two passes over the staged parts, one part in memory at a time: the first sums the counts and infers each
+    table's schema (unified across parts: a column null in one part, typed in another), the second writes every
+    table's rows, in order, to its one file."""
     parts = [storage.join(staging, n) for n in storage.listdir(staging) if n.endswith(".parquet")]
-    for name in TABLES:
-        _combine_parts(parts, name, storage.join(out_dir, f"{name}.parquet"), schemas.get(name))
     counts: Counter = Counter()
+    found: dict[str, list[pa.Schema]] = {name: [] for name in TABLES}
     for part in parts:
-        rows = _rows_of(part, COUNT)
-        for name, n in zip(rows.column("record").to_pylist(), rows.column("count").to_pylist()):
+        rows = _read(part)
+        counted = _rows_of(rows, COUNT)
+        for name, n in zip(counted.column("record").to_pylist(), counted.column("count").to_pylist()):
             counts[name] += n
+        for name in TABLES:
+            if name not in schemas and (records := _records(rows, name)).num_rows:
+                found[name].append(records.schema)
+    final = {name: schemas.get(name) or (pa.unify_schemas(found[name], promote_options="permissive")
+                                         if found[name] else pa.schema([])) for name in TABLES}
+    with contextlib.ExitStack() as stack:
+        writers = {name: pq.ParquetWriter(stack.enter_context(storage.writing(
+            storage.join(out_dir, f"{name}.parquet"))), final[name]) for name in TABLES}
+        for writer in writers.values():
+            stack.callback(writer.close)
+        for part in parts:
+            rows = _read(part)
+            for name, writer in writers.items():
+                if (records := _records(rows, name)).num_rows:
+                    writer.write_table(records.select(final[name].names).cast(final[name]))
     fs, root = storage.filesystem(staging)
     if fs.exists(root):
         fs.rm(root, recursive=True)
     return {name: int(n) for name, n in counts.items()}
 
 
-def _rows_of(part: str, table: str) -> pa.Table:
-    """The rows of staged `part` that belong to `table`, in their order."""
+def _read(part: str) -> pa.Table:
     fs, root = storage.filesystem(part)
-    rows = pq.read_table(root, filesystem=fs)
+    return pq.read_table(root, filesystem=fs)
+
+
+def _rows_of(rows: pa.Table, table: str) -> pa.Table:
+    """The staged rows that belong to `table`, in their order."""
     return rows.filter(pc.equal(rows.column("table"), table))
 
 
-def _combine_parts(parts: list[str], table: str, dest: str, schema: pa.Schema | None) -> None:
-    """The JSON records of `table` in `parts`, in order, as the one typed file `dest` (one part in memory at a
-    time). Column types are unified across parts (a column null in one part, typed in another)."""
-    def records(part: str) -> pa.Table:
-        return pa.Table.from_pylist([json.loads(r) for r in _rows_of(part, table).column("record").to_pylist()])
-
-    if schema is None:
-        schemas = [t.schema for t in map(records, parts) if t.num_rows]
-        schema = pa.unify_schemas(schemas, promote_options="permissive") if schemas else pa.schema([])
-    with storage.writing(dest) as local, pq.ParquetWriter(local, schema) as writer:
-        for part in parts:
-            rows = records(part)
-            if rows.num_rows:
-                writer.write_table(rows.select(schema.names).cast(schema))
+def _records(rows: pa.Table, table: str) -> pa.Table:
+    """The JSON records of `table` among the staged rows, as a typed table."""
+    return pa.Table.from_pylist([json.loads(r) for r in _rows_of(rows, table).column("record").to_pylist()])
 
 
 def _arrow_fs(fs: Any):
