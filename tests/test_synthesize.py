@@ -147,21 +147,36 @@ def test_a_job_killed_mid_run_and_rerun_labels_every_item_exactly_once(ray_clust
     raw = _raw_label_keys(out)
     assert set(raw) == set(labelled) and len(raw) == ITEMS  # nor written twice
 
-def _driver_peak(demo_data, out: Path, reasoning_words: int) -> tuple[dict, int]:
-    """The job's summary and the peak of the Python memory the driver (this process) allocated during it."""
-    import tracemalloc
+_PEAK_PROBE = """
+import json, os, sys, tracemalloc
+from jobs.synthesize import run
+tracemalloc.start()  # after the imports, before Ray's threads: stopping it while they allocate can crash 3.11
+peaks = []
+for overrides in json.loads(sys.argv[2]):
+    tracemalloc.reset_peak()
+    run(sys.argv[1], overrides)
+    peaks.append(tracemalloc.get_traced_memory()[1])
+print(json.dumps(peaks))
+sys.stdout.flush()
+os._exit(0)
+"""
 
-    overrides = _overrides(demo_data, out, **{"teacher.simulation.reasoning_words": reasoning_words,
-                                              "teacher.simulation.fault_rate": 0.0, "teacher.simulation.latency_s": 0,
-                                              "teacher.sampling.max_new_tokens": 2 * reasoning_words + 1000,
-                                              "teacher.engine.request_timeout_s": 60, "teacher.engine.max_concurrency": 4,
-                                              "batch_size": 4})
-    tracemalloc.start()
-    try:
-        summary = run(str(DEMO_CONFIG), overrides)
-        return summary, tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+
+def _driver_peaks(ray_cluster, demo_data, runs: dict[str, int]) -> list[int]:
+    """The synthesis job once per named run (its output directory and its reasoning's words), one after another
+    in one driver process of its own attached to the session's cluster: the peak of the Python memory that
+    driver allocated during each run."""
+    overrides = [_overrides(demo_data, out, **{"teacher.simulation.reasoning_words": words,
+                                               "teacher.simulation.fault_rate": 0.0, "teacher.simulation.latency_s": 0,
+                                               "teacher.sampling.max_new_tokens": 2 * words + 1000,
+                                               "teacher.engine.request_timeout_s": 60,
+                                               "teacher.engine.max_concurrency": 4, "batch_size": 4})
+                 for out, words in runs.items()]
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+    done = subprocess.run([sys.executable, "-c", _PEAK_PROBE, str(DEMO_CONFIG), json.dumps(overrides)], env=env,
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.slow
@@ -170,9 +185,11 @@ def test_the_driver_never_holds_the_labels_rows(ray_cluster, demo_data, tmp_path
     peak Python memory grows by far less than the reasoning weighs, so no label row (nor a filter, SFT or RL row
     built from one) was gathered in it; only requests in flight to the simulated teacher (a test double that
     runs in the driver) pass through it, 4 at a time."""
-    _driver_peak(demo_data, tmp_path / "warm-up", 10)  # the first run's one-off allocations (imports, Ray Data)
-    short, short_peak = _driver_peak(demo_data, tmp_path / "short", 10)
-    long, long_peak = _driver_peak(demo_data, tmp_path / "long", 20_000)
+    # the first run takes the one-off allocations (Ray Data's start among them)
+    _, short_peak, long_peak = _driver_peaks(ray_cluster, demo_data, {str(tmp_path / "warm-up"): 10,
+                                                                      str(tmp_path / "short"): 10,
+                                                                      str(tmp_path / "long"): 20_000})
+    short, long = (json.loads((tmp_path / run / "summary.json").read_text()) for run in ("short", "long"))
     reasoning = sum(len(row["reasoning"]) for row in PartStore(str(tmp_path / "long" / "labels"), LABEL_SCHEMA).rows())
     print(f"\ndriver's peak Python allocations {short_peak / 1e6:.1f} MB with short reasoning, {long_peak / 1e6:.1f} MB "
           f"with {reasoning / 1e6:.1f} MB of it")
