@@ -72,14 +72,13 @@ _SHOWN = re.compile(r"\n\[(\d+)\] ")
 
 
 class EliminatingModel(SimulatedTeacher):
-    """The scripted model (no noise) answering elimination prompts as well: it finds the query whose text the
-    prompt holds, grades each candidate shown from `qrels` and names the lowest-graded one, the first of
+    """The scripted model answering elimination prompts as well (never with noise): it finds the query whose text
+    the prompt holds, grades each candidate shown from `qrels` and names the lowest-graded one, the first of
     equals. Records which family's prompt each query was asked with (`prompt_families`: qid → family)."""
 
     def __init__(self, queries: Mapping[str, str], corpus: Mapping[str, str],
-                 qrels: Mapping[str, Mapping[str, int]], latency_s: float = 0.0):
-        super().__init__(queries, corpus, qrels, SimulationConfig(noise=0.0, latency_s=latency_s,
-                                                                  reasoning_words=8))
+                 qrels: Mapping[str, Mapping[str, int]], config: SimulationConfig | None = None):
+        super().__init__(queries, corpus, qrels, config or SimulationConfig(noise=0.0, reasoning_words=8))
         self.prompt_families: dict[str, str] = {}
 
     def _answer(self, messages: list[dict[str, str]], digest: str) -> tuple[str, str]:

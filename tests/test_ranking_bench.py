@@ -212,12 +212,13 @@ def test_evaluate_reports_each_task_and_compares_a_baseline_within_it(ray_cluste
         assert mrr["difference"] == pytest.approx(expected[task]["mrr"] - 1.0)
 
 
-# the positive never first; every candidate text its own, so the scripted model knows each one
+# the positive never first (nor where eliminating the first shown each step would rank it); every candidate text
+# its own, so the scripted model knows each one
 SCRIPTED_ITEMS = [
     {"problem": "I played Portal, then Braid.", "candidates": ["Doom", "Fez", "Limbo", "Quake"], "gt": "Limbo",
      "task_name": "Rec-Game"},
     {"problem": "Which model should prove a lemma cheaply?",
-     "candidates": ["model A, $0.9 per call", "model B, $0.1 per call", "model C, $0.5 per call"],
+     "candidates": ["model A, $0.9 per call", "model C, $0.5 per call", "model B, $0.1 per call"],
      "gt": "model B, $0.1 per call", "task_name": "Router-Cost"},
     {"problem": "what makes a glacier move", "candidates": ["ice is cold", "snow falls", "glaciers are blue",
                                                             "gravity pulls the ice downhill", "rocks erode"],
