@@ -13,6 +13,15 @@ the moment its own window returns, the engine batches every query's windows); `a
 are the same for async callers. A call may name another strategy (`strategy=StrategyConfig(...)`) and
 another score (`score="votes"`, see `reasonrank.scores`) than the reranker's defaults.
 
+Documents need not be passages: objects whose fields named by `rank_fields` make each one's text, in that
+order, one `field: value` line each (as Cohere's `rank_fields`), ranked with the prompt of the `family` they
+belong to (`reasonrank.tasks.families`: "passages", the default; "recommendation": the query is the user's
+history; "routing": the query is the question and each candidate a model, its description and price):
+
+    items = [{"title": "Heat", "genre": "crime"}, {"title": "Up", "genre": "animation"}]
+    reranker.rerank("I watched Alien, then Aliens.", items, rank_fields=["title", "genre"],
+                    family="recommendation", strategy=StrategyConfig(name="iterative_elimination"))
+
 A reranker holds what its engine opens (processes, HTTP sessions): close it (`close()`, `aclose()`) or use it
 as a context manager, `with Reranker.from_model(...) as reranker:` or `async with`. Synchronous calls run on
 one event loop of the reranker's own, so what the engine opens for them lives until `close`.
@@ -34,13 +43,14 @@ from reasonrank.engines.engine_loop import EngineLoop
 from reasonrank.prompt import PassageTruncator
 from reasonrank.scores import ScoreKind, check_score, scores
 from reasonrank.strategies import EngineWindows, StrategyConfig, drive, drive_requests
+from reasonrank.tasks.families import FAMILIES, FamilyName
 from reasonrank.types import Candidate, Query, RankedList, RerankRequest, WindowLog, WindowTotals
 
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
-Document = str | Mapping[str, Any]  # a text, or an object whose `text` is ranked (kept whole in results)
+Document = str | Mapping[str, Any]  # a text, or an object whose `text` (or `rank_fields`) is ranked, kept whole
 
 
 @dataclass(frozen=True)
@@ -123,21 +133,28 @@ class Reranker:
     # ---- one query --------------------------------------------------------------------------------------
 
     def rerank(self, query: str, documents: Sequence[Document], top_n: int | None = None, *,
-               strategy: StrategyConfig | None = None, score: ScoreKind | None = None) -> list[RerankResult]:
-        """`documents` ranked for `query`, best first (the best `top_n`)."""
-        return self._run(self.arerank(query, documents, top_n, strategy=strategy, score=score))
+               strategy: StrategyConfig | None = None, score: ScoreKind | None = None,
+               rank_fields: Sequence[str] | None = None, family: FamilyName | None = None) -> list[RerankResult]:
+        """`documents` ranked for `query`, best first (the best `top_n`); `rank_fields` and `family`: see the
+        module."""
+        return self._run(self.arerank(query, documents, top_n, strategy=strategy, score=score,
+                                      rank_fields=rank_fields, family=family))
 
     async def arerank(self, query: str, documents: Sequence[Document], top_n: int | None = None, *,
-                      strategy: StrategyConfig | None = None, score: ScoreKind | None = None) -> list[RerankResult]:
-        ranking = await self.rank(query, [document_text(d) for d in documents], strategy=strategy, score=score)
+                      strategy: StrategyConfig | None = None, score: ScoreKind | None = None,
+                      rank_fields: Sequence[str] | None = None, family: FamilyName | None = None
+                      ) -> list[RerankResult]:
+        ranking = await self.rank(query, document_texts(documents, rank_fields), strategy=strategy, score=score,
+                                  family=family)
         return ranking.results(documents, top_n)
 
     async def rank(self, query: str, texts: Sequence[str], *, strategy: StrategyConfig | None = None,
-                   score: ScoreKind | None = None, qid: str = "") -> DocumentRanking:
+                   score: ScoreKind | None = None, qid: str = "", family: FamilyName | None = None
+                   ) -> DocumentRanking:
         """The whole ranking of `texts` with its windows (what the service answers from)."""
         strategy = strategy or self.strategy
         score = self._score(score, strategy)
-        request = RerankRequest.of(Query(qid, query), [Candidate(str(i), t) for i, t in enumerate(texts)])
+        request = RerankRequest.of(_query(qid, query, family), [Candidate(str(i), t) for i, t in enumerate(texts)])
         ranked = await drive(strategy.build(), request, self.truncator(strategy), self.windows)
         return _ranking(ranked, score)
 
@@ -151,18 +168,21 @@ class Reranker:
 
     def rerank_batch(self, queries: Sequence[str], documents: Sequence[Sequence[Document]],
                      top_n: int | None = None, *, strategy: StrategyConfig | None = None,
-                     score: ScoreKind | None = None) -> list[list[RerankResult]]:
+                     score: ScoreKind | None = None, rank_fields: Sequence[str] | None = None,
+                     family: FamilyName | None = None) -> list[list[RerankResult]]:
         """`documents[i]` ranked for `queries[i]`, every query at once."""
-        return self._run(self.arerank_batch(queries, documents, top_n, strategy=strategy, score=score))
+        return self._run(self.arerank_batch(queries, documents, top_n, strategy=strategy, score=score,
+                                            rank_fields=rank_fields, family=family))
 
     async def arerank_batch(self, queries: Sequence[str], documents: Sequence[Sequence[Document]],
                             top_n: int | None = None, *, strategy: StrategyConfig | None = None,
-                            score: ScoreKind | None = None) -> list[list[RerankResult]]:
+                            score: ScoreKind | None = None, rank_fields: Sequence[str] | None = None,
+                            family: FamilyName | None = None) -> list[list[RerankResult]]:
         if len(queries) != len(documents):
             raise ValueError(f"{len(queries)} queries but {len(documents)} lists of documents")
         score = self._score(score, strategy or self.strategy)
-        requests = [RerankRequest.of(Query(str(q), query), [Candidate(str(i), document_text(d))
-                                                            for i, d in enumerate(docs)])
+        requests = [RerankRequest.of(_query(str(q), query, family),
+                                     [Candidate(str(i), t) for i, t in enumerate(document_texts(docs, rank_fields))])
                     for q, (query, docs) in enumerate(zip(queries, documents))]
         ranked = await self.arank_requests(requests, strategy=strategy)
         return [_ranking(r, score).results(docs, top_n) for r, docs in zip(ranked, documents)]
@@ -220,13 +240,42 @@ class Reranker:
         await self.aclose()
 
 
-def document_text(document: Document) -> str:
-    """The text ranked for a document: itself, or an object's `text`."""
+def document_text(document: Document, rank_fields: Sequence[str] | None = None) -> str:
+    """The text ranked for a document: itself, or an object's `text`; with `rank_fields`, those fields of the
+    object in that order, one `field: value` line each (a string is an object whose one field is `text`).
+    ValueError naming the fields a document lacks."""
     if isinstance(document, str):
-        return document
-    if isinstance(document, Mapping) and isinstance(document.get("text"), str):
+        if not rank_fields:
+            return document
+        document = {"text": document}
+    if not isinstance(document, Mapping):
+        raise TypeError(f"a document is a string or a mapping, got {document!r:.80}")
+    if missing := [f for f in rank_fields or ["text"] if document.get(f) is None]:
+        named = "named in rank_fields" if rank_fields else "or rank_fields naming other fields"
+        raise ValueError(f"has no field {', '.join(map(repr, missing))} ({named})")
+    if not rank_fields:
+        if not isinstance(document["text"], str):
+            raise TypeError(f"a document's `text` is a string, got {document['text']!r:.80}")
         return document["text"]
-    raise TypeError(f"a document is a string or a mapping with a string `text`, got {document!r:.80}")
+    return "\n".join(f"{field}: {document[field]}" for field in rank_fields)
+
+
+def document_texts(documents: Sequence[Document], rank_fields: Sequence[str] | None = None) -> list[str]:
+    """Each document's text (`document_text`); ValueError naming the first document that lacks a field."""
+    texts = []
+    for i, document in enumerate(documents):
+        try:
+            texts.append(document_text(document, rank_fields))
+        except ValueError as e:
+            raise ValueError(f"documents.{i} {e}") from None
+    return texts
+
+
+def _query(qid: str, text: str, family: FamilyName | None) -> Query:
+    """The query, its domain the family whose prompts rank its candidates (passages when None)."""
+    if family is not None and family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
+    return Query(qid, text, family or "")
 
 
 def _ranking(ranked: RankedList, score: ScoreKind) -> DocumentRanking:

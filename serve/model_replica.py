@@ -65,7 +65,8 @@ class RerankerDeployment:
         try:
             strategy = self._strategy_for(body)
             ranking = await self.reranker.rank(body.query, body.texts, strategy=strategy,
-                                               score=getattr(body, "score", None), qid=getattr(body, "qid", None) or "")
+                                               score=getattr(body, "score", None), qid=getattr(body, "qid", None) or "",
+                                               family=getattr(body, "family", None))
         except Exception as error:
             answer = http_error(error)
             if answer is None:

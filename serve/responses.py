@@ -36,9 +36,9 @@ def jina_response(request_id: str, model: str, body: CompatibleRequest, ranking:
 
 def native_response(request_id: str, model: str, body: NativeRequest, strategy: StrategyConfig,
                     ranking: DocumentRanking) -> NativeResponse:
-    ids = body.ids
+    ids, texts = body.ids, body.texts if body.return_documents else None
     ranked = [RankedDocument(rank=rank + 1, index=i, id=ids[i], relevance_score=score,
-                             text=body.documents[i].text if body.return_documents else None)
+                             text=texts[i] if texts else None)
               for rank, (i, score) in enumerate(zip(ranking.order, ranking.scores))]
     reasons = body.return_reasoning
     windows = [WindowReport(start=w.start, end=w.end, well_formed=w.well_formed, finish_reason=w.finish_reason,

@@ -2,7 +2,8 @@
 
 Requests are validated with a context carrying the server's limits (`max_documents`), so every rejection
 names the field and, where one applies, the limit. Documents are strings or objects with a `text` field
-(other keys are kept and echoed back with the document).
+(other keys are kept and echoed back with the document); with `rank_fields` (Cohere v1 and native), objects
+whose named fields make the text ranked (`reasonrank.reranker.document_text`, as the Python API does).
 """
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationE
                       model_validator)
 
 from reasonrank.config import ReasoningConfig
+from reasonrank.reranker import document_text
 from reasonrank.scores import ScoreKind
 from reasonrank.strategies import StrategyConfig, overridden
+from reasonrank.tasks.families import FamilyName
 
 
 class RequestDocument(BaseModel):
@@ -72,36 +75,40 @@ class CompatibleRequest(_Request):
     top_n: int | None = Field(None, ge=1)
 
 
-class CohereDocument(RequestDocument):
+class FieldedDocument(RequestDocument):
     text: str | None = None  # with `rank_fields`, an object may rank other fields instead
 
 
-class CohereRequest(CompatibleRequest):
-    """Cohere rerank v1 and v2: one body with every documented field of both (v2 dropped `return_documents`,
-    kept here so v2 clients can still ask for the text). `rank_fields` is implemented (the fields, in its
-    order, make the text ranked, one `field: value` line each); `max_chunks_per_doc` (passages are cut to a
-    token budget, never chunked) and `priority` (requests are served as they come) are accepted and ignored."""
+class _RanksFields(_Request):
+    """A request whose `rank_fields` name the fields that, in that order, make each document's text ranked,
+    one `field: value` line each."""
 
-    documents: list[Annotated[CohereDocument, BeforeValidator(_document_from_string)]]
-    return_documents: bool = False
-    rank_fields: list[str] | None = Field(None, min_length=1)  # v1
-    max_chunks_per_doc: int | None = Field(None, ge=1)  # v1, ignored
-    priority: int | None = None  # v2, ignored
+    documents: list[Annotated[FieldedDocument, BeforeValidator(_document_from_string)]]
+    rank_fields: list[str] | None = Field(None, min_length=1)
 
     @model_validator(mode="after")
-    def _each_document_has_what_is_ranked(self) -> "CohereRequest":
+    def _each_document_has_what_is_ranked(self) -> "_RanksFields":
         for i, doc in enumerate(self.documents):
-            fields = doc.model_dump(exclude_none=True)
-            if missing := [f for f in self.rank_fields or ["text"] if f not in fields]:
-                named = "named in rank_fields" if self.rank_fields else "or rank_fields naming other fields"
-                raise ValueError(f"documents.{i} has no field {', '.join(map(repr, missing))} ({named})")
+            try:
+                document_text(doc.model_dump(exclude_none=True), self.rank_fields)
+            except ValueError as e:
+                raise ValueError(f"documents.{i} {e}") from None
         return self
 
     @property
     def texts(self) -> list[str]:
-        if not self.rank_fields:
-            return super().texts
-        return ["\n".join(f"{field}: {getattr(doc, field)}" for field in self.rank_fields) for doc in self.documents]
+        return [document_text(doc.model_dump(exclude_none=True), self.rank_fields) for doc in self.documents]
+
+
+class CohereRequest(_RanksFields, CompatibleRequest):
+    """Cohere rerank v1 and v2: one body with every documented field of both (v2 dropped `return_documents`,
+    kept here so v2 clients can still ask for the text). `rank_fields` (v1) is implemented; `max_chunks_per_doc`
+    (passages are cut to a token budget, never chunked) and `priority` (requests are served as they come) are
+    accepted and ignored."""
+
+    return_documents: bool = False
+    max_chunks_per_doc: int | None = Field(None, ge=1)  # v1, ignored
+    priority: int | None = None  # v2, ignored
 
 
 class JinaRequest(CompatibleRequest):
@@ -109,7 +116,7 @@ class JinaRequest(CompatibleRequest):
     return_documents: bool = True  # Jina's and vLLM's default
 
 
-class NativeDocument(RequestDocument):
+class NativeDocument(FieldedDocument):
     id: str | None = None  # defaults to the document's index
 
 
@@ -119,12 +126,13 @@ class StrategyOverride(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: Literal["sliding_window", "one_shot", "tdpart", "parallel_blocks"] | None = None
+    name: Literal["sliding_window", "one_shot", "tdpart", "parallel_blocks", "iterative_elimination"] | None = None
     window_size: int | None = Field(None, ge=1)
     step: int | None = Field(None, ge=1)
     depth: int | None = Field(None, ge=1)
     cutoff: int | None = Field(None, ge=1)  # tdpart
     rerank_top: bool | None = None  # parallel_blocks
+    stop_at: int | None = Field(None, ge=1)  # iterative_elimination
     reasoning: ReasoningConfig | None = None
 
     def apply(self, base: StrategyConfig) -> StrategyConfig:
@@ -141,8 +149,14 @@ class StrategyOverride(BaseModel):
                                        for err in e.errors())) from None
 
 
-class NativeRequest(_Request):
+class NativeRequest(_RanksFields):
+    """The native API: ids, strategy overrides, reasoning per window; `rank_fields` as Cohere's, and the
+    `family` whose prompts rank the documents (passages when left out; recommendation: the query is the
+    user's history and the documents candidate items; routing: the query is the question and the documents
+    candidate models, with their descriptions and prices)."""
+
     documents: list[Annotated[NativeDocument, BeforeValidator(_document_from_string)]]
+    family: FamilyName | None = None
     qid: str | None = None
     strategy: StrategyOverride | None = None
     score: ScoreKind | None = None  # "rank" or "votes" (reasonrank/scores.py); None: the server's `score`
@@ -218,7 +232,7 @@ class RankedDocument(BaseModel):
     index: int  # position in the request's documents
     id: str
     relevance_score: float
-    text: str | None = None
+    text: str | None = None  # the text ranked (with rank_fields: the named fields' lines), if asked for
 
 
 class WindowReport(BaseModel):

@@ -210,3 +210,51 @@ def test_evaluate_reports_each_task_and_compares_a_baseline_within_it(ray_cluste
         mrr = values["vs_baseline"]["mrr"]
         assert values["queries"] == mrr["queries"] == 2
         assert mrr["difference"] == pytest.approx(expected[task]["mrr"] - 1.0)
+
+
+# the positive never first (nor where eliminating the first shown each step would rank it); every candidate text
+# its own, so the scripted model knows each one
+SCRIPTED_ITEMS = [
+    {"problem": "I played Portal, then Braid.", "candidates": ["Doom", "Fez", "Limbo", "Quake"], "gt": "Limbo",
+     "task_name": "Rec-Game"},
+    {"problem": "Which model should prove a lemma cheaply?",
+     "candidates": ["model A, $0.9 per call", "model C, $0.5 per call", "model B, $0.1 per call"],
+     "gt": "model B, $0.1 per call", "task_name": "Router-Cost"},
+    {"problem": "what makes a glacier move", "candidates": ["ice is cold", "snow falls", "glaciers are blue",
+                                                            "gravity pulls the ice downhill", "rocks erode"],
+     "gt": "gravity pulls the ice downhill", "task_name": "Passage-5"},
+]
+
+
+@pytest.mark.parametrize("positive_out_at", [{}, {"test-0": 1, "test-1": 2, "test-2": 3}],
+                         ids=["never-eliminated", "eliminated-at-step"])
+def test_reasonrank_evaluate_scores_a_scripted_eliminator_by_the_gt_rank_rule(ray_cluster, tmp_path, positive_out_at):
+    """`reasonrank evaluate` by iterative elimination, its engine the OpenAI-compatible backend against a scripted
+    model on 127.0.0.1 (tests/scripted_model.py: a test double for a model server) that eliminates the lowest-
+    graded candidate. Never eliminating the positive gives MRR 1.0 in every task; eliminating it at step s of N
+    gives it rank N - s + 1, as the gt-rank rule says."""
+    from typer.testing import CliRunner
+
+    from jobs.cli import app
+    from tests.scripted_model import EliminatingModel, elimination_order, ranking_bench_script
+
+    bench = tmp_path / "bench"
+    write_records(bench / "direct" / "test.jsonl", SCRIPTED_ITEMS)
+    items = load_ranking_bench(str(bench))
+    with EliminatingModel(*ranking_bench_script(items, positive_out_at)) as model:
+        config = tmp_path / "evaluate.yaml"
+        config.write_text(json.dumps({
+            "data": {"source": "ranking_bench", "path": str(bench), "split": "test"},
+            "engine": {"backend": "openai", "model": "scripted", "base_url": model.base_url, "max_retries": 0},
+            "strategy": {"name": "iterative_elimination", "depth": 20}, "sampling": {"max_new_tokens": 64},
+            "num_cpus_per_replica": 0.5, "output_dir": str(tmp_path / "out")}))
+        result = CliRunner().invoke(app, ["evaluate", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert model.prompt_families == {"test-0": "recommendation", "test-1": "routing", "test-2": "passages"}
+    ranks = {i.task_name: gt_rank(len(i.candidates), elimination_order(i, positive_out_at.get(i.qid)), i.gt_docid)
+             for i in items}
+    assert ranks == ({"Rec-Game": 1, "Router-Cost": 1, "Passage-5": 1} if not positive_out_at else
+                     {"Rec-Game": 4, "Router-Cost": 2, "Passage-5": 3})
+    per_task = json.loads((tmp_path / "out" / "metrics.json").read_text())["per_task"]
+    assert {task: values["mrr"] for task, values in per_task.items()} == pytest.approx(
+        {task: 1 / rank for task, rank in ranks.items()})

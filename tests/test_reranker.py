@@ -132,6 +132,45 @@ def test_votes_from_a_strategy_whose_steps_do_not_rank_are_refused_before_any_en
         scripted.rerank_batch([QUERY], [DOCS], strategy=elimination, score="votes")
 
 
+# A recommendation item whose fields, `title` then `genre`, make each candidate's text (its `text` is the same
+# filler for all); the positive is third. The scripted model knows those texts: the positive grade 1, the others 0.
+HISTORY = "I watched Alien, then Aliens, then Predator."
+ITEMS = [{"text": "filler", "title": "Up", "genre": "animation", "year": 2009},
+         {"text": "filler", "title": "Cars", "genre": "animation", "year": 2006},
+         {"text": "filler", "title": "Prometheus", "genre": "science fiction", "year": 2012},
+         {"text": "filler", "title": "Amelie", "genre": "romance", "year": 2001}]
+ITEM_TEXTS = ["title: Up\ngenre: animation", "title: Cars\ngenre: animation",
+              "title: Prometheus\ngenre: science fiction", "title: Amelie\ngenre: romance"]
+
+
+@pytest.fixture(scope="module")
+def item_model():
+    """The scripted model answering elimination prompts (tests/scripted_model.py), grading ITEM_TEXTS."""
+    from reasonrank.data.ranking_bench import RankingItem
+    from tests.scripted_model import EliminatingModel, ranking_bench_script
+
+    item = RankingItem("rec", "Rec-Movie", HISTORY, tuple(ITEM_TEXTS), ITEM_TEXTS[2], "test")
+    with EliminatingModel(*ranking_bench_script([item])) as model:
+        yield model
+
+
+def test_rank_fields_make_items_text_ranked_with_their_familys_prompt(item_model):
+    """Items that are not passages, ranked by iterative elimination with the recommendation prompt: the model
+    eliminates Up, Cars, Amelie in turn (the first non-positive shown each step), so the positive leads and the
+    others follow latest eliminated first — neither the items' order nor its reverse."""
+    elimination = StrategyConfig(name="iterative_elimination", depth=10)
+    with Reranker.from_model("scripted", backend="openai", strategy=elimination, max_new_tokens=64,
+                             base_url=item_model.base_url, max_retries=0) as reranker:
+        results = reranker.rerank(HISTORY, ITEMS, rank_fields=["title", "genre"], family="recommendation")
+        assert [r.index for r in results] == [2, 3, 1, 0]
+        assert [r.document for r in results] == [ITEMS[i] for i in (2, 3, 1, 0)]  # the objects, whole
+        assert item_model.prompt_families == {"rec": "recommendation"}
+        with pytest.raises(ValueError, match="documents.1 has no field 'genre'"):
+            reranker.rerank(HISTORY, [ITEMS[0], {"title": "Heat"}], rank_fields=["title", "genre"])
+        with pytest.raises(ValueError, match="unknown family 'movies'"):
+            reranker.rerank(HISTORY, ITEMS, rank_fields=["title"], family="movies")
+
+
 def test_from_config_takes_a_serve_or_an_evaluate_config(model_server, tmp_path):
     for name, extra in (("serve-tiny.yaml", "max_windows_in_flight"), ("evaluate-tiny.yaml",
                                                                        "windows_in_flight_per_replica")):

@@ -10,8 +10,9 @@ from collections.abc import Generator, Sequence
 
 from reasonrank.engines.base import Generation
 from reasonrank.parsing import parse_ranking
-from reasonrank.prompt import PassageTruncator, listwise_messages
+from reasonrank.prompt import PassageTruncator
 from reasonrank.strategies.base import EngineCall, RankingStrategy
+from reasonrank.tasks.families import family_of
 from reasonrank.types import Candidate, RerankRequest, WindowLog
 
 
@@ -19,8 +20,9 @@ def rank_round(strategy: RankingStrategy, request: RerankRequest, truncate: Pass
                windows: Sequence[Sequence[Candidate]], spans: Sequence[tuple[int, int]], logs: list[WindowLog],
                ) -> Generator[list[EngineCall], list[Generation], list[list[int]]]:
     """The order the model gives each of `windows` (0-based, best first); `spans` are their places in the list,
-    for the log."""
-    calls = [EngineCall(listwise_messages(request.query.text, [c.text for c in window], truncate), start, end)
+    for the log. Each window's prompt is the query's family's list prompt (passages: the listwise prompt)."""
+    family = family_of(request.query.domain)
+    calls = [EngineCall(family.list_messages(request.query.text, [c.text for c in window], truncate), start, end)
              for window, (start, end) in zip(windows, spans)]
     generations = yield calls
     orders = []

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from reasonrank.elimination import elimination_messages
 from reasonrank.prompt import PassageTruncator, listwise_messages, rewrite_brackets
@@ -82,7 +83,8 @@ class Family:
         return build(context, candidates) if truncate is None else truncate.fit(context, candidates, build)
 
 
-PASSAGES, RECOMMENDATION, ROUTING = "passages", "recommendation", "routing"
+FamilyName = Literal["passages", "recommendation", "routing"]  # what a request or a caller may name
+PASSAGES, RECOMMENDATION, ROUTING = get_args(FamilyName)
 
 FAMILIES = {
     PASSAGES: Family(PASSAGES, "passages", "passage", "Search query",
@@ -105,8 +107,10 @@ _TASK_NAME_PREFIXES = {"Rec-": RECOMMENDATION, "Router-": ROUTING, "Passage-": P
 
 
 def family_of(domain: str) -> Family:
-    """The family of a row whose `domain` is a Ranking-bench task name; passages for any other domain (the
-    ReasonRank sets' domains: biology, code, …)."""
+    """The family `domain` names (`FamilyName`: what a caller asks for), or the family of a row whose `domain` is
+    a Ranking-bench task name; passages for any other domain (the ReasonRank sets' domains: biology, code, …)."""
+    if domain in FAMILIES:
+        return FAMILIES[domain]
     for prefix, family in _TASK_NAME_PREFIXES.items():
         if domain.startswith(prefix):
             return FAMILIES[family]
