@@ -9,9 +9,9 @@ import re
 
 import pytest
 
+from reasonrank.config import EngineConfig
 from reasonrank.engines.base import SamplingParams
 from reasonrank.engines.openai_engine import OpenAIEngine
-from reasonrank.config import EngineConfig
 from reasonrank.parsing import parse_ranking
 from reasonrank.teacher.assemble import assemble
 from reasonrank.teacher.consistency import ConsistencyFilter

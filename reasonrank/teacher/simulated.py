@@ -34,8 +34,8 @@ from aiohttp import web
 from pydantic import Field
 
 from reasonrank.config import Strict
-from reasonrank.teacher.misjudgement import TeacherErrors
 from reasonrank.prompt import SYSTEM_PROMPT, rewrite_brackets
+from reasonrank.teacher.misjudgement import TeacherErrors
 from reasonrank.teacher.prompts import ANSWER_MARK, PASSAGE_MARK, POINTWISE_SYSTEM_PROMPT, QUERY_MARK
 from reasonrank.training.demo_set import verdict_walk
 
