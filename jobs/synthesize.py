@@ -161,9 +161,11 @@ def _teacher_endpoint(teacher: TeacherConfig, dataset: RetrievalDataset,
     simulated = SimulatedTeacher({q.qid: q.text for q in dataset.queries}, dataset.corpus, dataset.qrels,
                                  teacher.simulation)
     with simulated:
+        errors = teacher.simulation.errors
         log.warning("labelling with the SIMULATED teacher at %s: a test double for DeepSeek-R1 that answers "
-                    "from the qrels (noise %.2f, fault rate %.2f)", simulated.base_url,
-                    teacher.simulation.noise, teacher.simulation.fault_rate)
+                    "from the qrels (noise %.2f; misses a paraphrase %.2f, fooled by an echo %.2f, swaps %.2f; "
+                    "fault rate %.2f)", simulated.base_url, teacher.simulation.noise, errors.missed_paraphrase,
+                    errors.fooled_by_echo, errors.swap, teacher.simulation.fault_rate)
         try:
             yield teacher.engine.model_copy(update={"base_url": simulated.base_url})
         finally:

@@ -8,4 +8,5 @@ filtered, and a simulated teacher (a test double for DeepSeek-R1) for runs witho
     consistency.py  the self-consistency filter (listwise NDCG@10 against the pointwise labels >= alpha)
     assemble.py     labels → pointwise/listwise tables, filter decisions, SFT and RL sets
     simulated.py    SimulatedTeacher: an OpenAI-compatible loopback server answering from known qrels
+    misjudgement.py the simulated teacher's error model: misjudgements by wording, at stated rates
 """

@@ -5,7 +5,8 @@ teacher prompts (pointwise relevance, listwise ranking) from known relevance lab
 model would: reasoning text (in `reasoning_content` like DeepSeek-R1, or inline as `<think>` in the
 content), then the answer. It has dials for what a real endpoint does to a client:
 
-- `noise`: the share of verdicts flipped, pointwise and per passage in a listwise answer;
+- `noise`: the share of verdicts flipped at random, pointwise and per passage in a listwise answer;
+- `errors`: misjudgements the way a strong LLM makes them, at stated rates (misjudgement.py; off by default);
 - `latency_s`: time before each answer;
 - faults, a share of requests (or the first N attempts of every prompt): 429 with Retry-After, 500, a
   hang past the client's timeout, and a 200 whose JSON body is cut off.
@@ -34,6 +35,7 @@ from pydantic import Field
 
 from reasonrank.config import Strict
 from reasonrank.prompt import SYSTEM_PROMPT, rewrite_brackets
+from reasonrank.teacher.misjudgement import TeacherErrors
 from reasonrank.teacher.prompts import ANSWER_MARK, PASSAGE_MARK, POINTWISE_SYSTEM_PROMPT, QUERY_MARK
 from reasonrank.training.demo_set import verdict_walk
 
@@ -44,6 +46,7 @@ class SimulationConfig(Strict):
     """The simulated teacher's dials (a test double; see the module docstring)."""
 
     noise: float = Field(0.1, ge=0.0, le=1.0)
+    errors: TeacherErrors = TeacherErrors()  # misjudgements by wording, before `noise` (all rates 0: none)
     latency_s: float = Field(0.0, ge=0.0)
     reasoning_words: int = Field(40, ge=1)
     inline_reasoning: float = Field(0.5, ge=0.0, le=1.0)  # share answered with <think> in the content
@@ -150,7 +153,7 @@ class SimulatedTeacher:
             messages = body["messages"]
         except (json.JSONDecodeError, KeyError, TypeError):
             return _error(400, "the body must be JSON with a `messages` list")
-        digest = hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()
+        digest = _digest(messages)
         attempt = self._attempts[digest]
         self._attempts[digest] += 1
         self.arrivals.append((time.monotonic(), digest))
@@ -217,14 +220,20 @@ class SimulatedTeacher:
         }
 
     # ---- answers -------------------------------------------------------------------------------------
+    def answer(self, messages: list[dict[str, str]]) -> tuple[str, str]:
+        """(reasoning, answer) to a teacher prompt: what a request without faults gets before any cut to
+        max_tokens, and how its reasoning and answer are put into the message."""
+        return self._answer(messages, _digest(messages))
+
     def _answer(self, messages: list[dict[str, str]], digest: str) -> tuple[str, str]:
         system = next((m["content"] for m in messages if m.get("role") == "system"), "")
         user = next((m["content"] for m in messages if m.get("role") == "user"), "")
         rng = random.Random(f"{self.config.seed}:label:{digest}")
+        misjudging = random.Random(f"{self.config.seed}:misjudge:{digest}")  # its own stream: rates 0 change nothing
         if system == POINTWISE_SYSTEM_PROMPT:
-            return self._pointwise(user, rng)
+            return self._pointwise(user, rng, misjudging)
         if system == SYSTEM_PROMPT:
-            return self._listwise(user, rng)
+            return self._listwise(user, rng, misjudging)
         raise ValueError("the simulated teacher answers only the pointwise and listwise teacher prompts")
 
     def _grade(self, qid: str | None, passage: str) -> int:
@@ -234,13 +243,13 @@ class SimulatedTeacher:
             docid = next((d for t, d in self._docid_by_text.items() if start and t.startswith(start)), None)
         return self.qrels.get(qid or "", {}).get(docid or "", 0)
 
-    def _pointwise(self, user: str, rng: random.Random) -> tuple[str, str]:
+    def _pointwise(self, user: str, rng: random.Random, misjudging: random.Random) -> tuple[str, str]:
         found = _POINTWISE.match(user)
         if not found:
             raise ValueError("not a pointwise teacher prompt")
         query, passage = found.group("query"), found.group("passage")
         qid = self._qid_by_text.get(_normalise(query))
-        relevant = self._grade(qid, passage) > 0
+        relevant = self.config.errors.judge(query, passage, self._grade(qid, passage), misjudging) > 0
         if rng.random() < self.config.noise:
             relevant = not relevant
         verdict = "clearly addresses what the query needs" if relevant else "does not address the query's need"
@@ -248,7 +257,7 @@ class SimulatedTeacher:
                          f"Comparing the two, the passage {verdict}.", self.config.reasoning_words, rng)
         return reasoning, f"<answer>{'Yes' if relevant else 'No'}</answer>"
 
-    def _listwise(self, user: str, rng: random.Random) -> tuple[str, str]:
+    def _listwise(self, user: str, rng: random.Random, misjudging: random.Random) -> tuple[str, str]:
         found = _LISTWISE_SUFFIX.search(user)
         if not found:
             raise ValueError("not a listwise ranking prompt")
@@ -260,11 +269,13 @@ class SimulatedTeacher:
         if sorted(passages) != list(range(1, n + 1)):
             raise ValueError(f"expected passages [1]..[{n}] in the listwise prompt")
         qid = self._qid_by_text.get(_normalise(query))
-        # a teacher's mistakes are misjudged passages: each verdict flipped with probability `noise`, and the
-        # reasoning and the ranking follow the (mis)judged grades
-        grades = {k: self._grade(qid, text) for k, text in passages.items()}
+        # a teacher's mistakes are misjudged passages: each misjudged by its wording (`errors`), then each verdict
+        # flipped with probability `noise`; the reasoning and the ranking follow the (mis)judged grades, and the
+        # ranking may swap neighbours besides (`errors.swap`)
+        errors = self.config.errors
+        grades = {k: errors.judge(query, text, self._grade(qid, text), misjudging) for k, text in passages.items()}
         grades = {k: (0 if g > 0 else 1) if rng.random() < self.config.noise else g for k, g in grades.items()}
-        order = sorted(grades, key=lambda k: -grades[k])  # stable: ties keep the prompt's order
+        order = errors.swapped(sorted(grades, key=lambda k: -grades[k]), misjudging)  # stable: ties keep prompt order
         # each passage restated, then judged, in the prompt's order, then the ids judged relevant, as a reasoning
         # model walks a list before it ranks it (short and regular, so that a tiny student can learn from it)
         ids = sorted(passages)
@@ -281,6 +292,10 @@ _LISTWISE_SUFFIX = re.compile(r"\nSearch Query: (?P<query>.*)\.\nRank the (?P<n>
 _PASSAGE_ID = re.compile(r"\n\[(\d+)\] ")
 _FILLER = ("Let me weigh this carefully.", "The key concepts must match, not just the words.",
            "Surface overlap alone is not enough.", "I check whether the passage helps reach an answer.")
+
+
+def _digest(messages: list[dict[str, str]]) -> str:
+    return hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()
 
 
 def _continuation(prefix: str, reasoning: str, answer: str) -> str:
