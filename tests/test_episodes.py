@@ -96,3 +96,32 @@ def test_a_step_plays_rounds_until_it_has_its_groups():
 def test_a_step_refuses_more_parallel_episodes_than_groups():
     with pytest.raises(ValueError, match="parallel"):
         EpisodeStep(groups=2, parallel=3, max_rounds=None, draw=lambda: START)
+
+
+def test_episode_config_names_the_wrong_keys_and_is_fingerprinted():
+    from jobs.grpo import results_fingerprint
+    from jobs.grpo_config import GRPOConfig
+    from reasonrank.config import ConfigError, parse_config
+
+    bench = {"source": "ranking_bench"}
+    with pytest.raises(ConfigError, match="rl_task=elimination_episode needs algorithm.max_staleness 0"):
+        parse_config({"rl_task": "elimination_episode", "data": bench, "algorithm": {"max_staleness": 1}}, GRPOConfig)
+    with pytest.raises(ConfigError, match=r"episodes.parallel \(4\) exceeds algorithm.prompts_per_step \(2\)"):
+        parse_config({"rl_task": "elimination_episode", "data": bench, "algorithm": {"prompts_per_step": 2}},
+                     GRPOConfig)
+    with pytest.raises(ConfigError, match="episodes: only rl_task=elimination_episode"):
+        parse_config({"rl_task": "elimination_step", "data": bench, "episodes": {"parallel": 2}}, GRPOConfig)
+    cfg = parse_config({"rl_task": "elimination_episode", "data": bench, "episodes": {"parallel": 3,
+                                                                                      "max_rounds": 2}}, GRPOConfig)
+    assert {k: v for k, v in results_fingerprint(cfg).items() if k.startswith("episodes")} == {
+        "episodes.parallel": 3, "episodes.max_rounds": 2}
+
+
+def test_episode_rows_start_at_each_items_full_list():
+    from reasonrank.data.ranking_bench import rl_rows
+
+    second = RankingItem("train-1", "Router-Cost", "a haiku", ("big", "small", "mid"), "mid", "train")
+    rows = rl_rows([ITEM, second], "elimination_episode")
+    assert [(r.id, r.task, r.passages, r.relevant_docids) for r in rows] == [
+        ("train-0", "elimination_step", list(ITEM.candidates), ["train-0#2"]),
+        ("train-1", "elimination_step", ["big", "small", "mid"], ["train-1#2"])]
