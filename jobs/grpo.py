@@ -10,6 +10,11 @@ Per step (`algorithm.max_staleness` = 0: on-policy, synchronous):
     4. group-relative advantages; the learner group (DeepSpeed ZeRO) takes the clipped-loss + KL steps;
     5. the new weights are pushed to every engine as version step + 1, before the next rollouts.
 
+With `rl_task: elimination_episode` (IRanker's on-policy episodes, `reasonrank/rl/episodes.py`), steps 1–2 are
+rounds: the step's `prompts_per_step` groups are states of episodes that start at items' full lists, each
+round sampling the live states in one generate call and the policy's own eliminations building the next
+round's states; `episodes` in the step log counts rounds, states, episode ends by cause and states per list size.
+
 Asynchronous (`max_staleness` = k ≥ 1): the batch of step s + k is submitted to the engines when step s
 starts, with the weights they hold (version s), and is sampled while the learners train on batch s:
 
@@ -60,6 +65,7 @@ from reasonrank.config import DataConfig, PromptConfig, load_config, save_prompt
 from reasonrank.data.training_sets import RLSample
 from reasonrank.engines.base import SamplingParams
 from reasonrank.rl.advantages import ADVANTAGE_ESTIMATORS, grouped_advantages
+from reasonrank.rl.episodes import EpisodeStep
 from reasonrank.rl.losses import GRPOLoss
 from reasonrank.rl.rollout import Rollout
 from reasonrank.rl.sampler import PromptSampler, step_seed
@@ -68,6 +74,7 @@ if TYPE_CHECKING:
     from actors.rollout_worker import RolloutRequest
 
 log = logging.getLogger("jobs.grpo")
+EPISODE_TASK = "elimination_episode"  # rows start episodes (reasonrank/rl/episodes.py); evaluated as single steps
 
 
 def run(config_path: str, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -146,7 +153,8 @@ class GRPOTrainer:
             self.eval_set, self.rl_set = hold_out_queries(self.rl_set, cfg.eval.num_prompts)
         else:
             eval_data = cfg.data.model_copy(update={"split": cfg.eval.split})
-            self.eval_set = load_rl_set(cfg.eval.rl_set, eval_data, cfg.rollout.window_size, cfg.rl_task,
+            eval_task = "elimination_step" if cfg.rl_task == EPISODE_TASK else cfg.rl_task
+            self.eval_set = load_rl_set(cfg.eval.rl_set, eval_data, cfg.rollout.window_size, eval_task,
                                         cfg.seed)[: cfg.eval.num_prompts]
         self.sampler = PromptSampler(len(self.rl_set), cfg.seed)
         tokenizer = AutoTokenizer.from_pretrained(storage.local_dir(cfg.model, only=storage.TOKENIZER_FILES))
@@ -232,10 +240,15 @@ class GRPOTrainer:
         started = time.perf_counter()
         busy_before = self.rollouts.busy_seconds()
         dropped_before = self.rollouts.stale_dropped
-        batch = self.ahead.popleft() if self.ahead else self._submit(self.step)
-        while len(self.ahead) < a.max_staleness and self.step + len(self.ahead) + 1 < cfg.steps:
-            self.ahead.append(self._submit(self.step + len(self.ahead) + 1))  # sampled while this step trains
-        t0 = time.perf_counter()
+        episodes = None
+        if cfg.rl_task == EPISODE_TASK:
+            t0 = time.perf_counter()
+            batch, episodes = self._play_episodes(self.step)
+        else:
+            batch = self.ahead.popleft() if self.ahead else self._submit(self.step)
+            while len(self.ahead) < a.max_staleness and self.step + len(self.ahead) + 1 < cfg.steps:
+                self.ahead.append(self._submit(self.step + len(self.ahead) + 1))  # sampled while this step trains
+            t0 = time.perf_counter()
         rollouts = self._collect(batch)
         t1 = time.perf_counter()
         reference = self.reference.logprobs.remote(rollouts) if self.reference is not None else None
@@ -266,6 +279,8 @@ class GRPOTrainer:
                    "time_sample": t0 - started, "time_generate": (t1 - t0) + (t5 - t4), "time_reward": t2 - t1,
                    "time_reference": t3 - t2, "time_learn": t4 - t3, "time_push": t6 - t5,
                    "time_step": t6 - started, "time_engines_busy": statistics.fmean(busy)}
+        if episodes is not None:
+            metrics["episodes"] = episodes.stats()
         self.history.append(metrics)
         return metrics
 
@@ -275,6 +290,32 @@ class GRPOTrainer:
         samples = [self.rl_set[i] for i in indices]
         return Batch(step, indices, samples, request=self.rollouts.submit(
             samples, rollout_params(self.cfg, step), self.sync.version))
+
+    def _play_episodes(self, step: int) -> tuple[Batch, EpisodeStep]:
+        """Step `step`'s states, sampled round by round with the weights the engines hold now: each round one
+        generate call over the live episodes' states, whose responses build the next round's states. The
+        rollouts come back numbered by state (group) over the whole step, as one batch's would."""
+        cfg = self.cfg
+        indices: list[int] = []
+
+        def draw() -> RLSample:
+            indices.extend(self.sampler.next_indices(1))
+            return self.rl_set[indices[-1]]
+
+        play = EpisodeStep(cfg.algorithm.prompts_per_step, cfg.episodes.parallel, cfg.episodes.max_rounds, draw)
+        params = rollout_params(cfg, step)
+        samples: list[RLSample] = []
+        rollouts: list[Rollout] = []
+        while states := play.next_round():
+            offset = len(samples)
+            samples.extend(s.row for s in states)
+            got = sorted(self.rollouts.generate(samples[offset:], params.from_prompt(offset), self.sync.version,
+                                                self.sync.refresh), key=lambda r: r.key)
+            for r in got:
+                r.group += offset
+            rollouts.extend(got)
+            play.record([[r.text for r in got[i * params.n: (i + 1) * params.n]] for i in range(len(states))])
+        return Batch(step, indices, samples, rollouts=rollouts), play
 
     def _collect(self, batch: Batch) -> list[Rollout]:
         if batch.rollouts is None:

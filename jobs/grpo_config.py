@@ -103,13 +103,22 @@ class EvalConfig(Strict):
         return self
 
 
+class EpisodeConfig(Strict):
+    """rl_task=elimination_episode: how a step plays IRanker's on-policy episodes (`reasonrank.rl.episodes`).
+    A step still trains on `algorithm.prompts_per_step` groups (states), played in rounds."""
+
+    parallel: int = Field(4, ge=1)  # episodes played side by side: each round samples their live states
+    max_rounds: int | None = Field(None, ge=1)  # eliminations an episode makes at most; None: until one is left
+
+
 class GRPOConfig(Strict):
     model: str = "outputs/sft-demo/final"  # the SFT export (Hugging Face folder): policy, reference, engines
     rl_set: str | None = None  # RLSample rows (.parquet/.jsonl, e.g. the synthesize job's rl.parquet)
     data: DataConfig = DataConfig(split="train", first_stage_depth=20)  # rl_set=None: gold set from the qrels
     # rl_set=None with data.source=ranking_bench: the R1-Ranker task the rows are made for (docs/r1-ranker.md);
-    # None: listwise windows from the qrels
-    rl_task: Literal["one_shot_list", "elimination_step"] | None = None
+    # None: listwise windows from the qrels; elimination_episode: IRanker steps on the policy's own episodes
+    rl_task: Literal["one_shot_list", "elimination_step", "elimination_episode"] | None = None
+    episodes: EpisodeConfig = EpisodeConfig()  # rl_task=elimination_episode only
     steps: int = Field(100, ge=1)
     seed: int = 0
     algorithm: AlgorithmConfig = AlgorithmConfig()
@@ -138,6 +147,16 @@ class GRPOConfig(Strict):
         if self.rl_task is not None and self.data.source != "ranking_bench":
             raise ValueError(f"rl_task={self.rl_task} makes rows from Ranking-bench items: set data.source to "
                              f"ranking_bench, not {self.data.source}")
+        if self.rl_task == "elimination_episode":
+            if a.max_staleness:
+                raise ValueError(f"rl_task=elimination_episode needs algorithm.max_staleness 0, not "
+                                 f"{a.max_staleness}: a round's states come from the previous round's responses, "
+                                 f"so a step cannot be sampled ahead of the weights that train it")
+            if self.episodes.parallel > a.prompts_per_step:
+                raise ValueError(f"episodes.parallel ({self.episodes.parallel}) exceeds "
+                                 f"algorithm.prompts_per_step ({a.prompts_per_step}), the states a step trains on")
+        elif "episodes" in self.model_fields_set:
+            raise ValueError(f"episodes: only rl_task=elimination_episode plays episodes, not rl_task={self.rl_task}")
         if "model" in self.rollout.engine.model_fields_set and self.rollout.engine.model != self.model:
             raise ValueError("rollout.engine.model: leave it out; the engines load `model` (the policy's start)")
         if a.max_staleness and self.rollout.temperature != 1.0:

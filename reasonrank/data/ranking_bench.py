@@ -11,7 +11,8 @@ Items become a `RetrievalDataset` (one query per item, its candidates as the fir
 rows: one DRanker row per item (`one_shot_rows`), and IRanker's independent single steps
 (`elimination_step_rows`: for each item and k = 1..N-1, k random negatives plus `gt` at a random position,
 as the release's `process_list` in examples/data_preprocess/dataset/data_rec/process_rec.py of
-ulab-uiuc/R1-Ranker makes them, seeded here per item).
+ulab-uiuc/R1-Ranker makes them, seeded here per item), or the starts of on-policy episodes
+(`episode_start_rows`: each item's full list, `reasonrank.rl.episodes`).
 """
 from __future__ import annotations
 
@@ -129,10 +130,21 @@ def elimination_step_rows(items: Sequence[RankingItem], seed: int = 0) -> list[R
     return out
 
 
+def episode_start_rows(items: Sequence[RankingItem]) -> list[RLSample]:
+    """Where IRanker's on-policy episodes start (`reasonrank.rl.episodes`): one elimination step per item over
+    every candidate, in the item's order (the order iterative elimination evaluates in)."""
+    return [RLSample(i.qid, i.qid, i.task_name, i.problem, i.docids, list(i.candidates), [], [i.gt_docid],
+                     task="elimination_step") for i in items]
+
+
 def rl_rows(items: Sequence[RankingItem], task: str, seed: int = 0) -> list[RLSample]:
-    """The RL rows of `task` (one_shot_list or elimination_step) made from `items`."""
+    """The RL rows of `task` (one_shot_list, elimination_step, or elimination_episode: the episodes' starts)
+    made from `items`."""
     if task == "one_shot_list":
         return one_shot_rows(items)
     if task == "elimination_step":
         return elimination_step_rows(items, seed)
-    raise ValueError(f"Ranking-bench items make one_shot_list or elimination_step rows, not {task!r}")
+    if task == "elimination_episode":
+        return episode_start_rows(items)
+    raise ValueError(f"Ranking-bench items make one_shot_list, elimination_step or elimination_episode rows, "
+                     f"not {task!r}")
