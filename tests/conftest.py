@@ -65,30 +65,16 @@ def briefly_tuned_model(tmp_path_factory, demo_data, tiny_model_dir):
     GRPO's rewards vary within a group and there is room for them to rise."""
     import random
 
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from reasonrank.prompt import PassageTruncator
-    from reasonrank.training.chat_tokenize import collate, tokenize_chat
+    from reasonrank.training.chat_tokenize import tokenize_chat
     from reasonrank.training.demo_set import demo_sft_samples
+    from tests.brief_tuning import briefly_tune
 
-    out = tmp_path_factory.mktemp("briefly-tuned")
-    torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).train()
     samples = demo_sft_samples(demo_data.load(), window_size=5, step=5, shuffled_windows=2,
                                truncate=PassageTruncator(tokenizer, 64))
     chats = [tokenize_chat(tokenizer, s.messages) for s in samples]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    rng = random.Random(0)
-    for _ in range(80):
-        batch = rng.sample(chats, 8)
-        loss = model(**collate([c.input_ids for c in batch], [c.loss_mask for c in batch],
-                               tokenizer.pad_token_id)).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad()
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return briefly_tune(tiny_model_dir, tokenizer, chats, 80, random.Random(0),
+                        tmp_path_factory.mktemp("briefly-tuned"))

@@ -51,33 +51,19 @@ def bench(demo_data, tmp_path_factory):
 def eliminating_model(tmp_path_factory, bench, tiny_model_dir):
     """The tiny model after 60 AdamW steps on elimination steps answered `<think>…</think><answer>[k]</answer>`
     with k drawn at random (the format only: which candidate goes is left to RL)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from reasonrank.data.ranking_bench import elimination_step_rows, load_ranking_bench
-    from reasonrank.training.chat_tokenize import collate, tokenize_chat
+    from reasonrank.training.chat_tokenize import tokenize_chat
+    from tests.brief_tuning import briefly_tune
 
-    out = tmp_path_factory.mktemp("eliminating")
-    torch.manual_seed(0)
     rng = random.Random(0)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).train()
     rows = elimination_step_rows(load_ranking_bench(str(bench), splits=["train"]))
     chats = [tokenize_chat(tokenizer, r.messages() + [
         {"role": "assistant", "content": f"<think>{r.passages[0].split()[0]}</think>"
                                          f"<answer>[{rng.randint(1, len(r.docids))}]</answer>"}]) for r in rows]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    for _ in range(60):
-        batch = rng.sample(chats, 8)
-        loss = model(**collate([c.input_ids for c in batch], [c.loss_mask for c in batch],
-                               tokenizer.pad_token_id)).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad()
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return briefly_tune(tiny_model_dir, tokenizer, chats, 60, rng, tmp_path_factory.mktemp("eliminating"))
 
 
 @pytest.mark.slow
