@@ -3,7 +3,7 @@
 Requests are validated with a context carrying the server's limits (`max_documents`), so every rejection
 names the field and, where one applies, the limit. Documents are strings or objects with a `text` field
 (other keys are kept and echoed back with the document); with `rank_fields` (Cohere v1 and native), objects
-whose named fields make the text ranked (`reasonrank.reranker.document_text`, as the Python API does).
+whose named fields make the text ranked (`reasonrank.documents.document_text`, as the Python API does).
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationE
                       model_validator)
 
 from reasonrank.config import ReasoningConfig
-from reasonrank.reranker import document_text
+from reasonrank.documents import document_text
 from reasonrank.scores import ScoreKind
 from reasonrank.strategies import StrategyConfig, overridden
 from reasonrank.tasks.families import FamilyName

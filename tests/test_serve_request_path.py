@@ -24,4 +24,4 @@ def test_a_cohere_request_enters_no_file_twice():
                                       "serve/engine_health.py", "reasonrank/engines/openai_engine.py",
                                       "reasonrank/parsing.py")]
     assert order[0] < order[1] < order[2] < order[3] < order[4] < order[6] < order[7] and order[5] < order[6]
-    assert len(files) == 23, files
+    assert len(files) == 24, files
