@@ -30,7 +30,8 @@ def measure(cfg: SynthesizeConfig) -> dict:
     state = {r["key"]: r["state"] for r in read_records(storage.join(cfg.output_dir, "filter.parquet"))}
     ndcg: dict[str, list[float]] = {"all": [], "kept": [], "dropped": []}
     for row in read_records(storage.join(cfg.output_dir, "listwise.parquet")):
-        grades = {d: g for d, g in qrels.get(row["qid"], {}).items() if d in set(row["docids"])}
+        shown = set(row["docids"])
+        grades = {d: g for d, g in qrels.get(row["qid"], {}).items() if d in shown}
         score = ndcg_at_k(list(row["ranking"]), grades, 10)
         ndcg["all"].append(score)
         if state[row["key"]] in ("kept", "dropped"):

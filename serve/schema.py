@@ -3,7 +3,7 @@
 Requests are validated with a context carrying the server's limits (`max_documents`), so every rejection
 names the field and, where one applies, the limit. Documents are strings or objects with a `text` field
 (other keys are kept and echoed back with the document); with `rank_fields` (Cohere v1 and native), objects
-whose named fields make the text ranked (`reasonrank.documents.document_text`, as the Python API does).
+whose named fields make the text ranked (`reasonrank.documents`, as the Python API does).
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationE
                       model_validator)
 
 from reasonrank.config import ReasoningConfig
-from reasonrank.documents import document_text
+from reasonrank.documents import document_texts
 from reasonrank.scores import ScoreKind
 from reasonrank.strategies import StrategyConfig, overridden
 from reasonrank.tasks.families import FamilyName
@@ -88,16 +88,12 @@ class _RanksFields(_Request):
 
     @model_validator(mode="after")
     def _each_document_has_what_is_ranked(self) -> "_RanksFields":
-        for i, doc in enumerate(self.documents):
-            try:
-                document_text(doc.model_dump(exclude_none=True), self.rank_fields)
-            except ValueError as e:
-                raise ValueError(f"documents.{i} {e}") from None
+        _ = self.texts  # raises a ValueError naming the first document that lacks a field
         return self
 
     @property
     def texts(self) -> list[str]:
-        return [document_text(doc.model_dump(exclude_none=True), self.rank_fields) for doc in self.documents]
+        return document_texts([doc.model_dump(exclude_none=True) for doc in self.documents], self.rank_fields)
 
 
 class CohereRequest(_RanksFields, CompatibleRequest):
