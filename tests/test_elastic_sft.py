@@ -193,6 +193,7 @@ def _spawn(world_size: int, job: dict) -> list[float]:
         return json.load(f)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("stage", "saved_at", "loaded_at"), [(2, 2, 1), (3, 1, 2)])
 def test_a_zero_checkpoint_loads_at_another_world_size_and_trains_on_identically(tmp_path, tiny_model_dir, stage,
                                                                                   saved_at, loaded_at):

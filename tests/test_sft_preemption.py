@@ -335,6 +335,7 @@ def test_an_elastic_run_goes_on_with_the_workers_left_and_grows_back(tmp_path, s
     finally:
         cluster.shutdown()
 
+    assert [{r["world_size"] for r in a} for a in _attempts(tmp_path / "uninterrupted")] == [{2}]
     attempts = _attempts(out)
     assert [{r["world_size"] for r in a} for a in attempts] == [{2}, {1}, {2}]  # shrank, then grew back
     assert all(len(r["samples"]) == 8 for a in attempts for r in a)  # the same global batch throughout
