@@ -278,8 +278,8 @@ def train_loop_per_worker(job: dict[str, Any]) -> None:
     loaded = load_causal_lm(cfg.model, ds_config)
     engine = build_deepspeed_engine(loaded.model, ds_config, cfg.optimizer, plan.total_steps)
     state = TrainState() if stored is None else _resume(engine, stored, universal, job["run_dir"], cfg, rank)
-    log.info("rank %d of %d: %d micro-batches of %d per step", rank, world_size, ds_config["gradient_accumulation_steps"],
-             plan.micro_batch_size)
+    log.info("rank %d of %d: %d micro-batches of %d per step", rank, world_size,
+             ds_config["gradient_accumulation_steps"], plan.micro_batch_size)
     resumed_from = state.step
     attempt = AttemptLog(job["run_dir"]) if rank == 0 else None
     tensorboard = None
@@ -327,7 +327,9 @@ def _resume(engine: Any, stored: str, universal: bool, run_dir: str, cfg: SFTCon
     from reasonrank.training.universal_checkpoint import universal_copy
 
     source = universal_copy(stored, run_dir, rank, cfg.storage.staging_dir) if universal else nullcontext(stored)
-    with source as folder, staged(folder, rank, cfg.storage.staging_dir, download=True) as directory:
+    # a universal checkpoint has no per-rank files: every rank reads all of it
+    with source as folder, staged(folder, None if universal else rank, cfg.storage.staging_dir,
+                                  download=True) as directory:
         state = TrainState.from_dict(load_training_state(engine, directory))
     log.info("rank %d resumed at step %d (epoch %d, step %d in it)%s", rank, state.step, state.epoch,
              state.step_in_epoch, " from a checkpoint of another world size" if universal else "")

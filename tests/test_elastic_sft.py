@@ -197,8 +197,8 @@ def _spawn(world_size: int, job: dict) -> list[float]:
 @pytest.mark.parametrize(("stage", "saved_at", "loaded_at"), [(2, 2, 1), (3, 1, 2)])
 def test_a_zero_checkpoint_loads_at_another_world_size_and_trains_on_identically(tmp_path, tiny_model_dir, stage,
                                                                                   saved_at, loaded_at):
-    """Saved after one step at one world size, loaded at another: the next two steps (the first shows the
-    weights, the second the Adam moments and the schedule) give the losses the original ranks give."""
+    """Saved after one step at one world size, loaded at another: the next three steps (the first shows the
+    weights, the second the Adam moments, the third the schedule too) give the losses the original ranks give."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -206,8 +206,8 @@ def test_a_zero_checkpoint_loads_at_another_world_size_and_trains_on_identically
     samples = [tokenizer(t)["input_ids"] for t in texts]
     common = {"model": str(tiny_model_dir), "stage": stage, "samples": samples, "run_dir": str(tmp_path)}
     checkpoint = str(tmp_path / "checkpoint_00000001")
-    continued = _spawn(saved_at, common | {"steps": 3, "save_at": 1, "save": checkpoint,
+    continued = _spawn(saved_at, common | {"steps": 4, "save_at": 1, "save": checkpoint,
                                            "losses": str(tmp_path / "continued.json")})
-    resumed = _spawn(loaded_at, common | {"steps": 2, "resume": checkpoint, "losses": str(tmp_path / "resumed.json")})
+    resumed = _spawn(loaded_at, common | {"steps": 3, "resume": checkpoint, "losses": str(tmp_path / "resumed.json")})
     assert resumed == pytest.approx(continued[1:], rel=1e-5)
     assert continued[2] != pytest.approx(continued[1], rel=1e-3)  # the steps did change the model

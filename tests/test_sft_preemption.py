@@ -340,8 +340,8 @@ def test_an_elastic_run_goes_on_with_the_workers_left_and_grows_back(tmp_path, s
     assert [{r["world_size"] for r in a} for a in attempts] == [{2}, {1}, {2}]  # shrank, then grew back
     assert all(len(r["samples"]) == 8 for a in attempts for r in a)  # the same global batch throughout
     planned = STEPS_PER_EPOCH * epochs
-    history, reference_history = ([json.loads(line) for line in (run / "sft" / "history.jsonl").read_text().splitlines()]
-                                  for run in (out, tmp_path / "uninterrupted"))
+    history, reference_history = ([json.loads(line) for line in (run / "sft" / "history.jsonl").read_text()
+                                   .splitlines()] for run in (out, tmp_path / "uninterrupted"))
     assert [r["step"] for r in history] == [r["step"] for r in reference_history] == list(range(1, planned + 1))
     assert [r["batch"] for r in history] == [r["batch"] for r in reference_history]  # the same samples each step
     for r, ref in zip(history, reference_history):

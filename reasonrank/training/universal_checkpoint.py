@@ -34,9 +34,10 @@ def to_universal(checkpoint_dir: str, output_dir: str) -> None:
     from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
 
     # one process: ds_to_universal's worker pools would fork inside a training worker
-    ds_to_universal(Namespace(input_folder=os.path.join(checkpoint_dir, TAG), output_folder=os.path.join(output_dir, TAG),
-                              num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False, strict=True,
-                              inject_missing_state=True))
+    # inject_missing_state: the universal_checkpoint_info a Megatron client would save (none for plain data parallel)
+    ds_to_universal(Namespace(input_folder=os.path.join(checkpoint_dir, TAG),
+                              output_folder=os.path.join(output_dir, TAG), num_extract_workers=1, num_merge_workers=1,
+                              keep_temp_folder=False, strict=True, inject_missing_state=True))
 
 
 @contextmanager
