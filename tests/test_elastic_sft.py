@@ -202,7 +202,7 @@ def test_a_zero_checkpoint_loads_at_another_world_size_and_trains_on_identically
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    texts = [f"passage {i} about topic {i % 5}: " + "relevance " * (3 + i) for i in range(12)]
+    texts = [f"passage {i} about topic {i % 5}: " + "relevance " * (3 + i) for i in range(16)]  # 4 steps of 4
     samples = [tokenizer(t)["input_ids"] for t in texts]
     common = {"model": str(tiny_model_dir), "stage": stage, "samples": samples, "run_dir": str(tmp_path)}
     checkpoint = str(tmp_path / "checkpoint_00000001")
