@@ -49,8 +49,9 @@ def _worker(job: dict) -> None:
     micro = [MicroBatch([str(i)] * job["micro"], [s[0] for s in samples[i:i + job["micro"]]],
                         [s[1] for s in samples[i:i + job["micro"]]])
              for i in range(0, job["micro"] * job["steps"], job["micro"])]
-    plan = TrainPlan(total_steps=job["steps"], steps_per_epoch=job["steps"], grad_accum=1)
-    records = list(sft_steps(engine, plan, TrainState(), lambda _epoch: iter(micro), job["pad_id"]))
+    plan = TrainPlan(total_steps=job["steps"], steps_per_epoch=job["steps"], global_batch_size=job["micro"] * world,
+                     micro_batch_size=job["micro"])
+    records = list(sft_steps(engine, plan, TrainState(), lambda _epoch, step: [micro[step]], job["pad_id"]))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     memory = [None] * world
     dist.all_gather_object(memory, (peak, peak - before))

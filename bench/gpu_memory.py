@@ -69,7 +69,7 @@ def read_profiles(sft_yaml: Path, grpo_yaml: Path) -> tuple[TrainingProfile, GRP
     sft = load_config(sft_yaml, SFTConfig)
     raw = yaml.safe_load(grpo_yaml.read_text())
     learner, algorithm = raw["learner"], raw["algorithm"]
-    return (TrainingProfile(sft.model, sft.deepspeed, sft.scaling.num_workers),
+    return (TrainingProfile(sft.model, sft.deepspeed, max(sft.scaling.world_sizes)),
             GRPOProfile(ModelConfig(path=raw["model"], attn_implementation=learner.get("attn_implementation"),
                                     gradient_checkpointing=learner.get("gradient_checkpointing", False)),
                         DeepSpeedConfig(**learner.get("deepspeed", {})), learner["replicas"],
@@ -143,7 +143,7 @@ def sft_step(engine: WholeModelEngine, tokens: int, trained: int, vocab: int, pa
     mask = np.zeros(tokens, dtype=np.int8)
     mask[tokens - trained:] = 1
     micro = MicroBatch(["row"], [row], [mask])
-    (record,) = sft_steps(engine, TrainPlan(1, 1, 1), TrainState(), lambda epoch: iter([micro]), pad_id)
+    (record,) = sft_steps(engine, TrainPlan(1, 1, 1, 1), TrainState(), lambda epoch, step: [micro], pad_id)
     return record["loss"]
 
 

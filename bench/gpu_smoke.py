@@ -65,7 +65,8 @@ def part_sft(model_dir: Path, work: Path) -> str:
     ids = [tokenizer(t)["input_ids"] for t in TEXTS[:24]]
     micro = [MicroBatch([f"s{i}", f"s{i + 1}"], ids[i: i + 2], [[1] * len(x) for x in ids[i: i + 2]])
              for i in range(0, 24, 2)]
-    records = list(sft_steps(engine, TrainPlan(6, 6, 2), TrainState(), lambda epoch: iter(micro),
+    records = list(sft_steps(engine, TrainPlan(6, 6, 4, 2), TrainState(),
+                             lambda epoch, step: micro[2 * step:2 * step + 2],
                              tokenizer.pad_token_id))
     assert dist.get_backend() == "nccl" and engine.bfloat16_enabled() and engine.zero_optimization_stage() == 3
     first, last = records[0]["loss"], records[-1]["loss"]

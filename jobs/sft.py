@@ -5,13 +5,17 @@
 The recipe:
 1. The SFT set (Parquet: id, qid, domain, messages) goes through Ray Data: read, tokenized once with
    assistant-only loss masks; samples over `data.max_seq_len` are left out, counted and named in the log.
-   Each epoch streams the set into the workers in a fixed order, split equally between them and shuffled
-   per epoch with a fixed seed.
-2. Each Ray Train worker runs a DeepSpeed engine (ZeRO stage from the config) and the SFT loop.
+   The tokenized blocks stay in the object store; every worker maps them (zero-copy on its node).
+2. Each Ray Train worker runs a DeepSpeed engine (ZeRO stage from the config) and the SFT loop. Every
+   optimizer step trains `train.global_batch_size` samples of the epoch's order, whatever the number of
+   workers: each takes its share of the step's micro-batches (reasonrank/training/global_batch.py).
 3. Every `train.checkpoint_every` steps each worker saves its part of the DeepSpeed checkpoint, its RNG state
-   and the data cursor (epoch, step in epoch); Ray Train stores them under `<storage.path>/<storage.name>`.
-   A lost worker (a spot preemption) restarts the group from the latest checkpoint, up to
-   `scaling.max_failures` times; a killed job resubmitted with the same config resumes from it too.
+   and the data cursor (epoch, optimizer step in epoch); Ray Train stores them under
+   `<storage.path>/<storage.name>`. A lost worker (a spot preemption) restarts the group from the latest
+   checkpoint, up to `scaling.max_failures` times; with `scaling.num_workers: [min, max]` on the workers left
+   (at least min), without waiting for the lost node, and it grows back when capacity returns (a checkpoint
+   saved at another world size loads through a universal checkpoint). A killed job resubmitted with the same
+   config resumes too (docs/elastic-sft.md).
 4. At the end: a Hugging Face export in `<output_dir>/final` (what evaluate and vLLM load), the per-step
    history and a loss-curve plot next to it. Each attempt's own step log is kept under
    `<storage.path>/<storage.name>/attempts/` (replayed steps included), for post-mortems.
@@ -23,9 +27,8 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import asdict
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -37,7 +40,10 @@ from jobs.progress import ProgressRelay, StageProgress
 from jobs.sft_config import SFTConfig, SFTDataConfig
 from reasonrank import fingerprint, storage
 from reasonrank.config import load_config, save_prompt
+from reasonrank.training.checkpoint import saved_world_size
+from reasonrank.training.global_batch import accumulation_steps, epoch_order, rank_micro_batches
 from reasonrank.training.sft_loop import MicroBatch, TrainPlan, TrainState
+from reasonrank.training.universal_checkpoint import needs_conversion
 
 log = logging.getLogger("jobs.sft")
 
@@ -62,30 +68,27 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
     init_ray(cfg.ray_num_cpus)
     progress = StageProgress("sft", 0, "steps", outputs)
     progress.status("tokenizing the SFT set")
-    dataset, kept, pad_id = _tokenized_dataset(cfg)
+    blocks, kept, pad_id = _tokenized_blocks(cfg)
     plan = _plan(cfg, kept)
     progress.set_total(plan.last_step)
     progress.status("starting the Ray Train workers")
-    log.info("SFT: %d samples, %d workers, %d steps (%d per epoch); checkpoints in %s", kept,
-             cfg.scaling.num_workers, plan.total_steps, plan.steps_per_epoch, run_dir)
-    ingest = ray.train.DataConfig.default_ingest_options()
-    ingest.preserve_order = True  # the same split and order on every attempt: a resume continues the data
+    log.info("SFT: %d samples, workers %s, %d steps (%d per epoch, %d samples each); checkpoints in %s", kept,
+             cfg.scaling.num_workers, plan.total_steps, plan.steps_per_epoch, plan.global_batch_size, run_dir)
     relay = ProgressRelay(progress)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "plan": asdict(plan), "pad_id": pad_id,
-                           "run_dir": run_dir, "progress": relay.handle},
+                           "blocks": blocks, "run_dir": run_dir, "progress": relay.handle},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
             resources_per_worker=dict(cfg.scaling.resources_per_worker),
-            placement_strategy=cfg.scaling.placement_strategy),
+            placement_strategy=cfg.scaling.placement_strategy,
+            elastic_resize_monitor_interval_s=cfg.scaling.elastic_resize_monitor_interval_s),
         run_config=ray.train.RunConfig(
             name=cfg.storage.name, storage_path=_absolute(cfg.storage.path),
             failure_config=ray.train.FailureConfig(max_failures=cfg.scaling.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             worker_runtime_env={"env_vars": {k: os.environ[k] for k in _WORKER_ENV if k in os.environ}}),
-        datasets={"train": dataset},
-        dataset_config=ray.train.DataConfig(execution_options=ingest, enable_shard_locality=False),
     )
     with progress, relay:
         result = trainer.fit()
@@ -104,6 +107,7 @@ def results_fingerprint(cfg: SFTConfig) -> dict[str, Any]:
         "storage.*", "tracking.*", "build_tiny_model", "train.checkpoint_every", "train.keep_checkpoints",
         "train.pause_after_epochs",
         "train.report_every", "scaling.resources_per_worker.*", "scaling.placement_strategy", "scaling.max_failures",
+        "scaling.num_workers", "scaling.elastic_resize_monitor_interval_s",
         "data.tokenize_batch_rows", "model.gradient_checkpointing", "deepspeed.offload_*"))
 
 
@@ -137,11 +141,12 @@ def _prepare_inputs(cfg: SFTConfig) -> None:
         log.info("wrote the demo SFT set: %d samples → %s", len(samples), cfg.data.path)
 
 
-def _tokenized_dataset(cfg: SFTConfig):
-    """The tokenized training set (over-long samples left out), its number of samples, the pad id.
+def _tokenized_blocks(cfg: SFTConfig):
+    """The tokenized training set (over-long samples left out) as object-store refs to Arrow blocks in the
+    file order, its number of samples, the pad id.
 
     Tokenized once, by Ray Data tasks (rebuilt from lineage if a node holding blocks is lost), and kept in
-    the object store, so each epoch streams it without tokenizing again.
+    the object store, so each epoch reads it without tokenizing again.
     """
     import ray.data
     from transformers import AutoTokenizer
@@ -172,8 +177,8 @@ def _tokenized_dataset(cfg: SFTConfig):
     if pad_id is None:
         raise ValueError(f"{cfg.model.path}: the tokenizer has no pad token")
     training = tokenized.map_batches(_only_fitting, batch_format="pyarrow") if len(overlong) else tokenized
-    training.context.enable_progress_bars = False  # the workers log every step instead
-    return training, int(stats.fits.sum()), int(pad_id)
+    training = training.select_columns(["id", "input_ids", "loss_mask"]).materialize()
+    return training.to_arrow_refs(), int(stats.fits.sum()), int(pad_id)
 
 
 def _only_fitting(batch: pa.Table) -> pa.Table:
@@ -181,15 +186,14 @@ def _only_fitting(batch: pa.Table) -> pa.Table:
 
 
 def _plan(cfg: SFTConfig, samples: int) -> TrainPlan:
-    per_worker = samples // cfg.scaling.num_workers  # Ray Data's equal split; the remainder is left out
-    per_step = cfg.train.micro_batch_size * cfg.train.grad_accum
-    steps_per_epoch = per_worker // per_step
+    steps_per_epoch = samples // cfg.train.global_batch_size  # the epoch's remainder (less than a step) is left out
     if steps_per_epoch < 1:
-        raise ValueError(f"{samples} samples over {cfg.scaling.num_workers} workers cannot fill one step of "
-                         f"{per_step} samples per worker (train.micro_batch_size × train.grad_accum)")
+        raise ValueError(f"{samples} samples cannot fill one step of train.global_batch_size="
+                         f"{cfg.train.global_batch_size}")
     pause = cfg.train.pause_after_epochs
     return TrainPlan(cfg.train.max_steps or cfg.train.epochs * steps_per_epoch, steps_per_epoch,
-                     cfg.train.grad_accum, pause * steps_per_epoch if pause else None)
+                     cfg.train.global_batch_size, cfg.train.micro_batch_size,
+                     pause * steps_per_epoch if pause else None)
 
 
 def exported_model(cfg: SFTConfig, plan: TrainPlan) -> str:
@@ -205,13 +209,27 @@ def _ragged(column: pa.ChunkedArray) -> list[np.ndarray]:
     return [values[offsets[i]:offsets[i + 1]] for i in range(len(flat))]
 
 
-def _epoch_batches(shard: Any, data: SFTDataConfig, micro_batch_size: int, epoch: int) -> Iterator[MicroBatch]:
-    shuffle = data.shuffle_buffer_rows or None
-    for batch in shard.iter_batches(batch_size=micro_batch_size, batch_format="pyarrow", drop_last=True,
-                                    local_shuffle_buffer_size=shuffle,
-                                    local_shuffle_seed=data.shuffle_seed + epoch if shuffle else None):
-        yield MicroBatch([str(i) for i in batch.column("id").to_pylist()], _ragged(batch.column("input_ids")),
-                         _ragged(batch.column("loss_mask")))
+class RankSamples:
+    """This rank's micro-batches of each optimizer step, read from the tokenized set's Arrow blocks."""
+
+    def __init__(self, blocks: list[Any], data: SFTDataConfig, plan: TrainPlan, rank: int, world_size: int):
+        import ray
+
+        self.table = pa.concat_tables(ray.get(blocks))  # zero-copy views of the node's object store
+        self.data, self.plan, self.rank, self.world_size = data, plan, rank, world_size
+        self._order: tuple[int, np.ndarray] | None = None
+
+    def __call__(self, epoch: int, step_in_epoch: int) -> list[MicroBatch]:
+        if self._order is None or self._order[0] != epoch:
+            self._order = epoch, epoch_order(self.table.num_rows, epoch, self.data.shuffle_seed, self.data.shuffle)
+        return [self._micro_batch(self.table.take(indices)) for indices in rank_micro_batches(
+            self._order[1], step_in_epoch, self.plan.global_batch_size, self.plan.micro_batch_size, self.rank,
+            self.world_size)]
+
+    @staticmethod
+    def _micro_batch(rows: pa.Table) -> MicroBatch:
+        return MicroBatch([str(i) for i in rows.column("id").to_pylist()], _ragged(rows.column("input_ids")),
+                          _ragged(rows.column("loss_mask")))
 
 
 class AttemptLog:
@@ -241,29 +259,27 @@ def train_loop_per_worker(job: dict[str, Any]) -> None:
     import ray.train
     from transformers import AutoTokenizer
 
-    from reasonrank.training.checkpoint import load_training_state
     from reasonrank.training.deepspeed_engine import build_deepspeed_engine, load_causal_lm
     from reasonrank.training.export import export_hf
     from reasonrank.training.sft_loop import sft_steps
-    from reasonrank.training.staging import staged
     from reasonrank.training.zero_config import build_ds_config
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg, plan = SFTConfig.model_validate(job["cfg"]), TrainPlan(**job["plan"])
-    rank = ray.train.get_context().get_world_rank()
+    rank, world_size = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
+    checkpoint = ray.train.get_checkpoint()
+    stored = storage.join(job["run_dir"], os.path.basename(checkpoint.path.rstrip("/"))) if checkpoint else None
+    universal = stored is not None and needs_conversion(saved_world_size(stored), world_size,
+                                                        cfg.deepspeed.zero_stage)
     ds_config = build_ds_config(cfg.deepspeed, cfg.optimizer, micro_batch_size=cfg.train.micro_batch_size,
-                                grad_accum=cfg.train.grad_accum,
-                                world_size=ray.train.get_context().get_world_size())
+                                grad_accum=accumulation_steps(plan.global_batch_size, plan.micro_batch_size,
+                                                              world_size),
+                                world_size=world_size, load_universal=universal)
     loaded = load_causal_lm(cfg.model, ds_config)
     engine = build_deepspeed_engine(loaded.model, ds_config, cfg.optimizer, plan.total_steps)
-    state = TrainState()
-    if (checkpoint := ray.train.get_checkpoint()) is not None:
-        # this rank's files only, staged on the data volume (not all of them in /tmp: see training/staging.py)
-        stored = storage.join(job["run_dir"], os.path.basename(checkpoint.path.rstrip("/")))
-        with staged(stored, rank, cfg.storage.staging_dir, download=True) as directory:
-            state = TrainState.from_dict(load_training_state(engine, directory))
-        log.info("rank %d resumed at step %d (epoch %d, step %d in it)", rank, state.step, state.epoch,
-                 state.step_in_epoch)
+    state = TrainState() if stored is None else _resume(engine, stored, universal, job["run_dir"], cfg, rank)
+    log.info("rank %d of %d: %d micro-batches of %d per step", rank, world_size,
+             ds_config["gradient_accumulation_steps"], plan.micro_batch_size)
     resumed_from = state.step
     attempt = AttemptLog(job["run_dir"]) if rank == 0 else None
     tensorboard = None
@@ -271,7 +287,7 @@ def train_loop_per_worker(job: dict[str, Any]) -> None:
         from reasonrank.training.tracking import TensorBoardLog
 
         tensorboard = TensorBoardLog(cfg.tracking.tensorboard_dir)
-    batches = partial(_epoch_batches, ray.train.get_dataset_shard("train"), cfg.data, cfg.train.micro_batch_size)
+    batches = RankSamples(job["blocks"], cfg.data, plan, rank, world_size)
     for record in sft_steps(engine, plan, state, batches, job["pad_id"]):
         metrics = {k: v for k, v in record.items() if k != "samples"} | {"resumed_from_step": resumed_from}
         if rank == 0:
@@ -301,6 +317,23 @@ def train_loop_per_worker(job: dict[str, Any]) -> None:
     if rank == 0:
         storage.write_jsonl_atomic(storage.join(cfg.output_dir, "history.jsonl"), state.history)
         log.info("exported the model to %s", exported)
+
+
+def _resume(engine: Any, stored: str, universal: bool, run_dir: str, cfg: SFTConfig, rank: int) -> TrainState:
+    """The engine and RNGs restored from the stored checkpoint; the trainer state it saved. Each rank stages
+    only the files it reads on the data volume (not all of them in /tmp: see training/staging.py)."""
+    from reasonrank.training.checkpoint import load_training_state
+    from reasonrank.training.staging import staged
+    from reasonrank.training.universal_checkpoint import universal_copy
+
+    source = universal_copy(stored, run_dir, rank, cfg.storage.staging_dir) if universal else nullcontext(stored)
+    # a universal checkpoint has no per-rank files: every rank reads all of it
+    with source as folder, staged(folder, None if universal else rank, cfg.storage.staging_dir,
+                                  download=True) as directory:
+        state = TrainState.from_dict(load_training_state(engine, directory))
+    log.info("rank %d resumed at step %d (epoch %d, step %d in it)%s", rank, state.step, state.epoch,
+             state.step_in_epoch, " from a checkpoint of another world size" if universal else "")
+    return state
 
 
 def _report_checkpoint(engine: Any, state: TrainState, metrics: dict[str, Any], staging_dir: str | None) -> None:

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from reasonrank.config import PromptConfig, Strict
 from reasonrank.training.config import DeepSpeedConfig, ModelConfig, OptimizerConfig
+from reasonrank.training.global_batch import accumulation_steps
 
 
 class DemoSetConfig(PromptConfig):
@@ -24,7 +25,7 @@ class SFTDataConfig(Strict):
     path: str  # the SFT set: a Parquet file or folder (rows: id, qid, domain, messages), local or s3:// gs://
     max_seq_len: int = Field(4096, ge=16)  # longer samples are left out, counted and named in the log
     shuffle_seed: int = 0
-    shuffle_buffer_rows: int = Field(10_000, ge=0)  # per-epoch shuffle within each worker; 0: file order
+    shuffle: bool = True  # a new order of the whole set each epoch (from shuffle_seed); false: file order
     tokenize_batch_rows: int = Field(64, ge=1)
     demo: DemoSetConfig | None = None
     # The prompt settings the set was built with (the synthesis job's list_size and passage budget), carried by
@@ -36,8 +37,10 @@ class SFTDataConfig(Strict):
 
 
 class LoopConfig(Strict):
-    micro_batch_size: int = Field(1, ge=1)  # per worker
-    grad_accum: int = Field(1, ge=1)
+    micro_batch_size: int = Field(1, ge=1)  # samples per forward pass of one worker
+    # samples per optimizer step, all workers together: the same whatever the number of workers (each worker
+    # accumulates global_batch_size / (micro_batch_size × workers) micro-batches per step)
+    global_batch_size: int = Field(8, ge=1)
     epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1)  # optimizer steps; default: as many as `epochs` allow
     # stop after this many epochs, checkpointed, with the model exported to `output_dir`/epoch-N (a look at the
@@ -49,11 +52,28 @@ class LoopConfig(Strict):
 
 
 class WorkerScalingConfig(Strict):
-    num_workers: int = Field(2, ge=1)
+    # a fixed number of workers, or [min, max]: an elastic group that starts with as many as fit (at least min),
+    # goes on with the workers left when a node is lost and grows back when capacity returns (docs/elastic-sft.md)
+    num_workers: int | tuple[int, int] = 2
+    elastic_resize_monitor_interval_s: float = Field(60.0, ge=0)  # how often an elastic group looks for room to grow
     use_gpu: bool = False
     resources_per_worker: dict[str, float] = {"CPU": 1.0}
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     max_failures: int = Field(3, ge=-1)  # worker losses (e.g. spot preemptions) to recover from; -1: any
+
+    @field_validator("num_workers")
+    @classmethod
+    def _a_valid_range(cls, value: int | tuple[int, int]) -> int | tuple[int, int]:
+        low, high = (value, value) if isinstance(value, int) else value
+        if low < 1 or low > high:
+            raise ValueError(f"needs 1 <= min <= max workers, got {list(value) if isinstance(value, tuple) else value}")
+        return value
+
+    @property
+    def world_sizes(self) -> range:
+        """Every number of workers the group may train with."""
+        low, high = (self.num_workers, self.num_workers) if isinstance(self.num_workers, int) else self.num_workers
+        return range(low, high + 1)
 
 
 class RunStorageConfig(Strict):
@@ -80,3 +100,9 @@ class SFTConfig(Strict):
     output_dir: str = "outputs/sft"  # final/ (HF export), history.jsonl, loss_curve.png, attempts/
     build_tiny_model: bool = False  # build the untrained tiny demo model at model.path when absent
     ray_num_cpus: int | None = 8  # logical CPUs of an embedded Ray (ignored on a cluster)
+
+    @model_validator(mode="after")
+    def _every_world_size_splits_the_batch(self):
+        for world_size in self.scaling.world_sizes:
+            accumulation_steps(self.train.global_batch_size, self.train.micro_batch_size, world_size)
+        return self

@@ -45,8 +45,8 @@ def test_sft_step_reduces_its_statistics_on_the_models_device(monkeypatch):
             pass
 
     micro = sft_loop.MicroBatch(["a"], [[1, 2, 3]], [[0, 1, 1]])
-    steps = sft_loop.sft_steps(Engine(), sft_loop.TrainPlan(1, 1, 1), sft_loop.TrainState(),
-                               lambda epoch: iter([micro]), pad_id=0)
+    steps = sft_loop.sft_steps(Engine(), sft_loop.TrainPlan(1, 1, 1, 1), sft_loop.TrainState(),
+                               lambda epoch, step: [micro], pad_id=0)
     with pytest.raises(_Stop):
         next(steps)
     assert seen == [torch.device("meta")]

@@ -1,9 +1,10 @@
 """The supervised fine-tuning loop of one data-parallel rank, free of any cluster framework.
 
-Data arrives as an iterator of micro-batches per epoch (the caller's: Ray Data shards in `jobs/sft.py`).
-The position in the data is part of the state: `(epoch, step_in_epoch)`. A resumed run skips the
-micro-batches already trained in the current epoch, so with the same per-epoch order it continues exactly
-where it stopped. The loop yields after each optimizer step; the caller logs and checkpoints.
+Data arrives as this rank's micro-batches for one optimizer step (the caller's: `jobs/sft.py` selects them by
+`training/global_batch.py`). The position in the data is part of the state: `(epoch, step_in_epoch)`, counted
+in optimizer steps of the global batch, so it means the same at every world size: a run resumed on more or
+fewer ranks continues exactly where it stopped. The loop yields after each optimizer step; the caller logs
+and checkpoints.
 """
 from __future__ import annotations
 
@@ -31,12 +32,13 @@ class MicroBatch:
 class TrainPlan:
     total_steps: int  # optimizer steps: the schedule's length
     steps_per_epoch: int
-    grad_accum: int  # micro-batches per optimizer step (per rank)
+    global_batch_size: int  # samples per optimizer step, all ranks together
+    micro_batch_size: int  # samples per forward pass of one rank
     pause_at_step: int | None = None  # this run stops here; a later run continues the same schedule
 
     def __post_init__(self):
-        if min(self.total_steps, self.steps_per_epoch, self.grad_accum) < 1:
-            raise ValueError(f"a plan needs at least one step, epoch step and micro-batch: {self}")
+        if min(self.total_steps, self.steps_per_epoch, self.global_batch_size, self.micro_batch_size) < 1:
+            raise ValueError(f"a plan needs at least one step, epoch step and sample: {self}")
 
     @property
     def last_step(self) -> int:
@@ -52,7 +54,7 @@ class TrainPlan:
 class TrainState:
     step: int = 0  # optimizer steps done
     epoch: int = 0
-    step_in_epoch: int = 0  # optimizer steps done within `epoch`: the data cursor
+    step_in_epoch: int = 0  # optimizer steps done within `epoch`: the data cursor, global (any world size)
     history: list[dict[str, Any]] = field(default_factory=list)  # one record per step
 
     def to_dict(self) -> dict[str, Any]:
@@ -63,9 +65,9 @@ class TrainState:
         return TrainState(d["step"], d["epoch"], d["step_in_epoch"], list(d["history"]))
 
 
-def batch_digest(ids_per_rank: list[list[str]]) -> str:
-    """A short fingerprint of which samples one step trained on, rank by rank."""
-    return hashlib.sha1("|".join(",".join(ids) for ids in ids_per_rank).encode()).hexdigest()[:12]
+def batch_digest(ids: list[str]) -> str:
+    """A short fingerprint of which samples one step trained on, in the global batch's order."""
+    return hashlib.sha1(",".join(ids).encode()).hexdigest()[:12]
 
 
 def _sum_across_ranks(values: list[float], device: torch.device) -> list[float]:
@@ -101,29 +103,26 @@ def _one_step(engine: Any, micro_batches: list[MicroBatch], pad_id: int, device:
         losses.append(loss.item())
     loss_sum, n, tokens_all, trained_all = _sum_across_ranks([sum(losses), len(losses), tokens, trained], device)
     step_time = time.perf_counter() - start  # the all-reduce waited for the slowest rank
-    ids = _gather_ids([i for mb in micro_batches for i in mb.ids])
+    ids = [i for rank_ids in _gather_ids([i for mb in micro_batches for i in mb.ids]) for i in rank_ids]
     return {"step": step, "epoch": epoch, "loss": loss_sum / n, "lr": lr, "tokens": int(tokens_all),
             "trained_tokens": int(trained_all), "step_time_s": step_time, "tokens_per_s": tokens_all / step_time,
-            "batch": batch_digest(ids), "samples": [i for rank_ids in ids for i in rank_ids]}
+            "world_size": dist.get_world_size() if dist.is_initialized() else 1, "batch": batch_digest(ids),
+            "samples": ids}
 
 
 def sft_steps(engine: Any, plan: TrainPlan, state: TrainState,
-              epoch_batches: Callable[[int], Iterator[MicroBatch]], pad_id: int) -> Iterator[dict[str, Any]]:
-    """Train from `state` up to `plan.last_step`, updating `state` and yielding each step's record."""
+              step_batches: Callable[[int, int], list[MicroBatch]], pad_id: int) -> Iterator[dict[str, Any]]:
+    """Train from `state` up to `plan.last_step`, updating `state` and yielding each step's record.
+
+    `step_batches(epoch, step_in_epoch)` gives this rank's micro-batches of that optimizer step."""
     device = engine.device
     while state.step < plan.last_step:
-        batches = iter(epoch_batches(state.epoch))
-        for _ in range(state.step_in_epoch * plan.grad_accum):  # already trained before a resume
-            next(batches)
-        while state.step_in_epoch < plan.steps_per_epoch and state.step < plan.last_step:
-            micro = [next(batches) for _ in range(plan.grad_accum)]
-            record = _one_step(engine, micro, pad_id, device, state.epoch, state.step + 1)
-            state.step += 1
-            state.step_in_epoch += 1
-            state.history.append({k: v for k, v in record.items() if k != "samples"})
-            yield record
         if state.step_in_epoch >= plan.steps_per_epoch:
-            for _ in batches:  # the epoch's remainder (less than a step): every rank ends the epoch together
-                pass
             state.epoch += 1
             state.step_in_epoch = 0
+        micro = step_batches(state.epoch, state.step_in_epoch)
+        record = _one_step(engine, micro, pad_id, device, state.epoch, state.step + 1)
+        state.step += 1
+        state.step_in_epoch += 1
+        state.history.append({k: v for k, v in record.items() if k != "samples"})
+        yield record

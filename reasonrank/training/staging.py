@@ -29,15 +29,15 @@ def staging_root(configured: str | None = None) -> str:
     return root
 
 
-def rank_reads(name: str, rank: int) -> bool:
+def rank_reads(name: str, rank: int | None) -> bool:
     """Whether `rank` reads the checkpoint file `name` when it resumes (DeepSpeed without elastic checkpoints
-    loads only its own ZeRO partition)."""
+    loads only its own ZeRO partition); rank None reads every file (a conversion to a universal checkpoint)."""
     match = _RANK_FILE.search(os.path.basename(name))
-    return match is None or int(match.group(1)) == rank
+    return rank is None or match is None or int(match.group(1)) == rank
 
 
 @contextmanager
-def staged(path: str, rank: int, staging_dir: str | None = None, *, upload: bool = False,
+def staged(path: str, rank: int | None, staging_dir: str | None = None, *, upload: bool = False,
            download: bool = False) -> Iterator[str]:
     """A local folder standing for the checkpoint folder `path`: the path itself when local; otherwise a
     folder in the staging root, filled with the files `rank` reads (`download`) and/or put back to `path`

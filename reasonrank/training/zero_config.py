@@ -13,8 +13,9 @@ _NO_PRINT = 10**9  # DeepSpeed's own periodic log lines; the jobs log their own 
 
 
 def build_ds_config(ds: DeepSpeedConfig, optim: OptimizerConfig, *, micro_batch_size: int,
-                    grad_accum: int, world_size: int) -> dict[str, Any]:
-    """A complete DeepSpeed config for `world_size` data-parallel ranks."""
+                    grad_accum: int, world_size: int, load_universal: bool = False) -> dict[str, Any]:
+    """A complete DeepSpeed config for `world_size` data-parallel ranks; `load_universal`: the engine loads a
+    universal checkpoint (one saved at another world size, converted)."""
     if micro_batch_size < 1 or grad_accum < 1 or world_size < 1:
         raise ValueError(f"micro_batch_size, grad_accum and world_size must be >= 1, got "
                          f"{micro_batch_size}, {grad_accum}, {world_size}")
@@ -43,4 +44,5 @@ def build_ds_config(ds: DeepSpeedConfig, optim: OptimizerConfig, *, micro_batch_
         },
         "steps_per_print": _NO_PRINT,
         "wall_clock_breakdown": False,
+        "checkpoint": {"load_universal": load_universal},
     }
