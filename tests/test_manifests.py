@@ -138,9 +138,10 @@ CONFIG_MODELS = {
 DEMANDS = {
     "jobs.evaluate": lambda c: {("rollout", "nvidia.com/gpu"): c.replicas * c.num_gpus_per_replica,
                                 ("rollout", "cpu"): c.replicas * c.num_cpus_per_replica},
+    # an elastic range asks for its largest world size: the cluster at full strength holds every worker
     "jobs.sft": lambda c: {("learner", "nvidia.com/gpu"):
-                           c.scaling.num_workers * c.scaling.resources_per_worker.get("GPU", 0),
-                           ("learner", "cpu"): c.scaling.num_workers * c.scaling.resources_per_worker.get("CPU", 0)},
+                           max(c.scaling.world_sizes) * c.scaling.resources_per_worker.get("GPU", 0),
+                           ("learner", "cpu"): max(c.scaling.world_sizes) * c.scaling.resources_per_worker.get("CPU", 0)},
     "jobs.grpo": lambda c: {("learner", "nvidia.com/gpu"): c.learner.replicas * c.learner.num_gpus,
                             ("learner", "cpu"): c.learner.replicas * c.learner.num_cpus,
                             ("rollout", "nvidia.com/gpu"): c.rollout.replicas * c.rollout.num_gpus,
