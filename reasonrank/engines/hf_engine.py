@@ -21,7 +21,7 @@ from typing import Any
 from reasonrank.config import EngineConfig
 from reasonrank.engines.base import Engine, Generation, Messages, SamplingParams
 from reasonrank.engines.engine_loop import EngineLoop
-from reasonrank.prompt import render
+from reasonrank.prompt import prompt_token_ids
 
 
 @dataclass
@@ -42,7 +42,6 @@ class TransformersEngine(Engine):
         self.micro_batch_size = micro_batch_size
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self._tokenizer = AutoTokenizer.from_pretrained(config.model)
-        self._tokenizer.padding_side = "left"
         dtype = config.dtype if config.dtype == "auto" else getattr(torch, config.dtype)
         self.model = AutoModelForCausalLM.from_pretrained(config.model, dtype=dtype).to(self.device).eval()
         eos = self.model.generation_config.eos_token_id
@@ -122,9 +121,8 @@ class TransformersEngine(Engine):
     def _generate_chunk(self, chunk: list[Messages], params: SamplingParams):
         import torch
 
-        prompts = [render(self._tokenizer, messages) for messages in chunk]
-        encoded = self._tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        encoded = encoded.to(self.device)
+        prompts = [prompt_token_ids(self._tokenizer, messages) for messages in chunk]
+        encoded = self._left_padded(prompts)
         sample = params.temperature > 0
         options: dict[str, Any] = dict(
             max_new_tokens=params.max_new_tokens, do_sample=sample, num_return_sequences=params.n,
@@ -140,7 +138,7 @@ class TransformersEngine(Engine):
                 torch.manual_seed(params.seed)
             with torch.inference_mode():
                 out = self.model.generate(**encoded, **options)
-        prompt_lengths = encoded["attention_mask"].sum(dim=1).tolist()
+        prompt_lengths = [len(ids) for ids in prompts]
         new_tokens = out.sequences[:, encoded["input_ids"].shape[1]:]
         step_logprobs = (torch.stack(out.logits, dim=1).float().log_softmax(dim=-1)
                          .gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1) if params.logprobs else None)
@@ -148,6 +146,21 @@ class TransformersEngine(Engine):
             ids = self._until_stop(ids)
             logprobs = step_logprobs[row, :len(ids)].tolist() if step_logprobs is not None else []
             yield prompt_lengths[row // params.n], ids, logprobs
+
+    def _left_padded(self, prompts: list[list[int]]) -> dict[str, Any]:
+        """`input_ids` and `attention_mask` of the prompts, left-padded by hand. The tokenizer's own padding
+        would switch padding on and off in the tokenizer object that the strategy's truncator shares from
+        another thread, and an encode there between the switch and this batch's encoding leaves the batch
+        unpadded ("expected sequence of length …")."""
+        import torch
+
+        longest = max(map(len, prompts))
+        input_ids = torch.full((len(prompts), longest), self._pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(prompts), longest), dtype=torch.long)
+        for row, ids in enumerate(prompts):
+            input_ids[row, longest - len(ids):] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, longest - len(ids):] = 1
+        return {"input_ids": input_ids.to(self.device), "attention_mask": attention_mask.to(self.device)}
 
     def _until_stop(self, ids: list[int]) -> list[int]:
         """The sampled ids up to and including the first stop token; a row that a stop string ended early
