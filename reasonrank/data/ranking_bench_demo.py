@@ -65,15 +65,13 @@ def _passage(rng: random.Random, size: int) -> tuple[str, str, list[str]]:
     """(question, positive, negatives): facts about other entities, of any kind."""
     entities = [e + rng.choice(("ium", "ite", "ase")) for e in _names(rng, size)]
 
-    def fact(entity: str) -> str:
-        return rng.choice(_FACTS).format(e=entity, color=rng.choice(_COLORS), name=made_up_word(rng, 2).capitalize(),
-                                         number=rng.randint(40, 3000), place=made_up_word(rng, 2).capitalize())
+    def fact(entity: str, kind: int) -> str:
+        return _FACTS[kind].format(e=entity, color=rng.choice(_COLORS), name=made_up_word(rng, 2).capitalize(),
+                                   number=rng.randint(40, 3000), place=made_up_word(rng, 2).capitalize())
 
     asked = rng.randrange(len(_QUESTIONS))
-    question = _QUESTIONS[asked].format(e=entities[0])
-    positive = _FACTS[asked].format(e=entities[0], color=rng.choice(_COLORS), name=made_up_word(rng, 2).capitalize(),
-                                    number=rng.randint(40, 3000), place=made_up_word(rng, 2).capitalize())
-    return question, positive, [fact(e) for e in entities[1:]]
+    question, positive = _QUESTIONS[asked].format(e=entities[0]), fact(entities[0], asked)
+    return question, positive, [fact(e, rng.randrange(len(_FACTS))) for e in entities[1:]]
 
 
 def _recommendation(task: str) -> Callable[[random.Random, int], tuple[str, str, list[str]]]:
@@ -101,7 +99,7 @@ def _router(cheapest_of_two: bool) -> Callable[[random.Random, int], tuple[str, 
     def make(rng: random.Random, size: int) -> tuple[str, str, list[str]]:
         """(question, positive, negatives): Router-Performance's positive is the one model strong at the
         question's topic; Router-Cost's the low-cost one of the two strong at it."""
-        topic, *others = rng.sample(list(_TOPICS), size - cheapest_of_two)
+        topic, *others = rng.sample(list(_TOPICS), size - 1 if cheapest_of_two else size)
         names = [f"{n}-{rng.randint(1, 9)}" for n in _names(rng, size)]
         question = f"{topic.capitalize()} question: {_TOPICS[topic].format(w=made_up_word(rng, 2).capitalize())}"
         positive = _model(names[0], topic, "low" if cheapest_of_two else rng.choice(("low", "high")))
