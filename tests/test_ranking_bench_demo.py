@@ -127,8 +127,8 @@ def test_cold_start_answers_are_well_formed_and_quote_what_they_name(cold_start)
             assert parsed.well_formed and parsed.index == int(named.group(1)) - 1
         else:
             parsed = parse_ranking(answer, len(shown))
-            assert parsed.well_formed and sorted(parsed.order) == list(range(len(shown)))
-            assert parsed.order[0] == int(named.group(1)) - 1
+            first = int(named.group(1)) - 1  # the one drawn at random, then the others in list order
+            assert parsed.well_formed and parsed.order == [first] + [j for j in range(len(shown)) if j != first]
 
 
 def test_cold_start_names_the_positive_as_often_as_chance(cold_start):
@@ -152,6 +152,9 @@ def test_cold_start_names_the_positive_as_often_as_chance(cold_start):
     positions = Counter(re.search(r"<answer>\[(\d+)\]", s.messages[2]["content"]).group(1) for s in samples
                         if s.messages[2]["content"].startswith("<think>Least"))
     assert len(positions) == max(t.candidates for t in TASKS)
+    firsts = Counter(re.search(r"<answer>\[(\d+)\]", s.messages[2]["content"]).group(1) for s in samples
+                     if s.messages[2]["content"].startswith("<think>Most"))
+    assert len(firsts) == max(t.candidates for t in TASKS)
 
 
 def test_the_sft_job_builds_the_cold_start_set_and_its_tiny_model(bench, cold_start, tmp_path):

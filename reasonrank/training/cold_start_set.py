@@ -7,8 +7,10 @@ would teach the ranking itself and leave RL nothing to find. So every target her
 - an IRanker step (`elimination_step` rows: the independent single steps of every list size) eliminates a
   candidate drawn uniformly from those shown, the positive as often as any other:
   `<think>Least likely: [k] <candidate k's text></think><answer>[k]</answer>`;
-- a DRanker row (`one_shot_list`, with `one_shot`) lists a uniformly random permutation, its reasoning naming
-  the first: `<think>Most likely: [a] <candidate a's text></think><answer>[a] > [b] > …</answer>`.
+- a DRanker row (`one_shot_list`, with `one_shot`) puts a candidate drawn uniformly first, then the others in
+  their list order: `<think>Most likely: [a] <candidate a's text></think><answer>[a] > [1] > [2] > …</answer>`
+  ([a] left out of the tail). A uniformly random permutation would teach the format no better and is harder
+  to write: after 300 steps on it the tiny model repeated one id through the whole answer when greedy.
 
 The reasoning quotes the chosen candidate as the prompt shows it, so the model learns to look at the candidate
 its answer names. The prompts are the tasks' own (the family prompts), as GRPO and evaluation build them.
@@ -30,8 +32,8 @@ def random_target(row: RLSample, rng: random.Random) -> str:
         k = rng.randrange(len(row.docids))
         return f"<think>Least likely: [{k + 1}] {rewrite_brackets(row.passages[k])}</think><answer>[{k + 1}]</answer>"
     if row.task == "one_shot_list":
-        order = rng.sample(range(len(row.docids)), len(row.docids))
-        first = order[0]
+        first = rng.randrange(len(row.docids))
+        order = [first] + [j for j in range(len(row.docids)) if j != first]
         return (f"<think>Most likely: [{first + 1}] {rewrite_brackets(row.passages[first])}</think>"
                 f"<answer>{format_answer(order)}</answer>")
     raise ValueError(f"row {row.id}: no cold-start answer for task {row.task!r}")
