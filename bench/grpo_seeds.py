@@ -13,19 +13,7 @@ Outputs go under `--out`; a rerun resumes or refuses as the jobs do.
 from __future__ import annotations
 
 import argparse
-import math
-import statistics
 import time
-
-
-def reward_change(evals: list[dict]) -> tuple[float, float, float, float]:
-    """(last − first mean reward, its standard error, 95% CI low, high), paired over the evaluation prompts."""
-    from reasonrank.significance import paired_difference
-
-    first, last = evals[0]["prompt_rewards"], evals[-1]["prompt_rewards"]
-    diff = [last[p] - first[p] for p in first]
-    d = paired_difference(first, last, "reward")
-    return d.difference, statistics.stdev(diff) / math.sqrt(len(diff)), d.ci_low, d.ci_high
 
 
 def main() -> None:
@@ -42,6 +30,7 @@ def main() -> None:
 
     from jobs import evaluate, grpo
     from jobs.common import parse_overrides
+    from jobs.grpo_report import reward_change
     from reasonrank import storage
 
     sft = storage.join(args.demo, "sft", "final")
@@ -73,12 +62,13 @@ def main() -> None:
     header = (f"{'k':<3}{'seed':<6}" + "".join(f"{'@' + str(s):>8}" for s in steps)
               + f"{'Δ reward':>10}{'SE':>7}{'95% CI':>18}{'Δ/SE':>7}{'min':>6}   NDCG@10 vs SFT")
     print(header + "\n" + "-" * (len(header) + 30))
-    for k, seed, evals, (delta, se, low, high), minutes, compared in rows:
+    for k, seed, evals, change, minutes, compared in rows:
         ndcg = ("" if compared is None else
                 f"{compared['system']:.4f} vs {compared['baseline']:.4f}: {compared['difference']:+.4f} "
                 f"({compared['ci_low']:+.4f}, {compared['ci_high']:+.4f}), p {compared['p_value']:.3f}")
         print(f"{k:<3}{seed:<6}" + "".join(f"{e['reward_mean']:>8.3f}" for e in evals)
-              + f"{delta:>+10.3f}{se:>7.3f}{f'({low:+.3f}, {high:+.3f})':>18}{delta / se:>7.1f}{minutes:>6.1f}   {ndcg}")
+              + f"{change.difference:>+10.3f}{change.se:>7.3f}{f'({change.ci_low:+.3f}, {change.ci_high:+.3f})':>18}"
+              f"{change.difference / change.se:>7.1f}{minutes:>6.1f}   {ndcg}")
 
 
 if __name__ == "__main__":

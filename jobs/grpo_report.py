@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
+from dataclasses import dataclass
 from typing import Any
 
 from reasonrank import storage
@@ -31,6 +33,35 @@ def rollout_metrics(rollouts: list[Rollout]) -> dict[str, float]:
         "truncated": sum(r.finish_reason == "length" for r in rollouts) / n,
         "prompts_cut": len({r.sample_id for r in rollouts if r.passages_cut_to is not None}),
     }
+
+
+@dataclass(frozen=True)
+class RewardChange:
+    """The fixed evaluation set's mean reward at the first and the last evaluation of a run, each with its
+    standard error over the prompts, and their difference paired over the prompts (95% CI)."""
+
+    before: float
+    before_se: float
+    after: float
+    after_se: float
+    difference: float
+    se: float
+    ci_low: float
+    ci_high: float
+
+
+def reward_change(evals: list[dict[str, Any]]) -> RewardChange:
+    """The change from the first to the last evaluation in `evals` (evals.jsonl's records)."""
+    from reasonrank.significance import paired_difference
+
+    first, last = evals[0]["prompt_rewards"], evals[-1]["prompt_rewards"]
+
+    def se(values: list[float]) -> float:
+        return statistics.stdev(values) / math.sqrt(len(values))
+
+    d = paired_difference(first, last, "reward")
+    return RewardChange(d.baseline, se(list(first.values())), d.system, se(list(last.values())), d.difference,
+                        se([last[p] - first[p] for p in first]), d.ci_low, d.ci_high)
 
 
 def write(output_dir: str, model: str, steps: int, history: list[dict[str, Any]], evals: list[dict[str, Any]],

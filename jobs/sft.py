@@ -118,7 +118,11 @@ def _absolute(path: str) -> str:
 
 
 def _prepare_inputs(cfg: SFTConfig) -> None:
-    """Build what the tiny demo profile asks for and is missing: the tiny model, the demo SFT set."""
+    """Build what the tiny demo profiles ask for and is missing: the tiny model, the SFT set (the passage demo's,
+    or R1-Ranker's cold start)."""
+    if cfg.data.cold_start is not None:
+        _prepare_cold_start(cfg)
+        return
     demo = cfg.data.demo
     if cfg.build_tiny_model:
         from reasonrank.data.demo import ensure_demo_dataset
@@ -139,6 +143,28 @@ def _prepare_inputs(cfg: SFTConfig) -> None:
                                    shuffled_windows=demo.shuffled_windows, seed=demo.seed, truncate=truncate)
         write_records(cfg.data.path, [s.to_record() for s in samples])
         log.info("wrote the demo SFT set: %d samples → %s", len(samples), cfg.data.path)
+
+
+def _prepare_cold_start(cfg: SFTConfig) -> None:
+    """R1-Ranker's cold-start set from the demo-scale Ranking-bench's train split; the tiny model's tokenizer
+    learns the set's own text (the family prompts, the items, the answers)."""
+    from reasonrank.data.ranking_bench import load_ranking_bench
+    from reasonrank.data.ranking_bench_demo import ensure_ranking_bench_demo
+    from reasonrank.data.tables import write_records
+    from reasonrank.tiny_model import ensure_tiny_model
+    from reasonrank.training.cold_start_set import cold_start_samples
+
+    cold = cfg.data.cold_start
+    build_set = not storage.exists(cfg.data.path)
+    if not (build_set or cfg.build_tiny_model):
+        return
+    items = load_ranking_bench(str(ensure_ranking_bench_demo(cold.bench_dir)), splits=["train"])
+    samples = cold_start_samples(items, seed=cold.seed, one_shot=cold.one_shot)
+    if cfg.build_tiny_model:
+        ensure_tiny_model(cfg.model.path, (m["content"] for s in samples for m in s.messages))
+    if build_set:
+        write_records(cfg.data.path, [s.to_record() for s in samples])
+        log.info("wrote the cold-start SFT set: %d samples → %s", len(samples), cfg.data.path)
 
 
 def _tokenized_blocks(cfg: SFTConfig):

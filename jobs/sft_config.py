@@ -21,6 +21,16 @@ class DemoSetConfig(PromptConfig):
     seed: int = 0
 
 
+class ColdStartSetConfig(Strict):
+    """Build R1-Ranker's cold-start set (the answer format only: `reasonrank/training/cold_start_set.py`) from
+    the train split of the demo-scale Ranking-bench when `data.path` does not exist yet; the bench is generated
+    at `bench_dir` first when it is absent (`reasonrank/data/ranking_bench_demo.py`)."""
+
+    bench_dir: str = "outputs/r1-demo"
+    seed: int = 0  # draws the single steps and the random answers
+    one_shot: bool = True  # also DRanker's list format (one row per item), for a DRanker trained from the same model
+
+
 class SFTDataConfig(Strict):
     path: str  # the SFT set: a Parquet file or folder (rows: id, qid, domain, messages), local or s3:// gs://
     max_seq_len: int = Field(4096, ge=16)  # longer samples are left out, counted and named in the log
@@ -28,9 +38,16 @@ class SFTDataConfig(Strict):
     shuffle: bool = True  # a new order of the whole set each epoch (from shuffle_seed); false: file order
     tokenize_batch_rows: int = Field(64, ge=1)
     demo: DemoSetConfig | None = None
+    cold_start: ColdStartSetConfig | None = None
     # The prompt settings the set was built with (the synthesis job's list_size and passage budget), carried by
     # the exported model; with `demo`, the demo set's own.
     prompt: PromptConfig = PromptConfig()
+
+    @model_validator(mode="after")
+    def _one_builder(self):
+        if self.demo is not None and self.cold_start is not None:
+            raise ValueError("data.demo and data.cold_start both build the SFT set: keep one")
+        return self
 
     def trained_prompt(self) -> PromptConfig:
         return (self.demo or self.prompt).prompt()

@@ -206,3 +206,22 @@ def test_gold_set_puts_relevant_passages_first_and_skips_queries_without_any():
     assert sample.docids == ["d0", "d1", "d2"]
     assert sample.teacher_ranking == ["d1", "d2", "d0"]  # grade 2, then grade 1, then the rest
     assert sample.relevant_docids == ["d1", "d2"]
+
+
+# --- the evaluation reward's change over a run ------------------------------------------------------------
+
+def test_reward_change_pairs_the_first_and_last_evaluation_over_prompts():
+    from jobs.grpo_report import reward_change
+
+    evals = [{"step": 0, "prompt_rewards": {"a": 0.0, "b": 0.5, "c": -1.0}},
+             {"step": 8, "prompt_rewards": {"a": 9.0, "b": 9.0, "c": 9.0}},  # a middle evaluation: not read
+             {"step": 16, "prompt_rewards": {"a": 1.0, "b": 0.5, "c": 1.0}}]
+    change = reward_change(evals)
+    assert change.before == pytest.approx(-0.5 / 3) and change.after == pytest.approx(2.5 / 3)
+    # SE = sample std / sqrt(n): before (0, 0.5, -1): std sqrt(0.583333); after (1, .5, 1): std sqrt(0.083333)
+    assert change.before_se == pytest.approx(math.sqrt(0.583333 / 3), rel=1e-5)
+    assert change.after_se == pytest.approx(math.sqrt(0.083333 / 3), rel=1e-5)
+    # paired differences (1, 0, 2): mean 1, std 1
+    assert change.difference == pytest.approx(1.0)
+    assert change.se == pytest.approx(1 / math.sqrt(3))
+    assert change.ci_low <= change.difference <= change.ci_high

@@ -36,12 +36,13 @@ _SYLLABLES = ("ka", "lo", "mi", "zu", "ra", "ven", "tor", "qui", "sel", "dar", "
               "fi", "sha", "mo", "tek", "vul", "zo", "rin", "tal", "ech", "por", "lu", "bex", "dro", "kin")
 
 
-def _word(rng: random.Random, parts: int) -> str:
+def made_up_word(rng: random.Random, parts: int) -> str:
+    """A name from `parts` syllables ("zorven"): no word of a real language, so no model knows it beforehand."""
     return "".join(rng.choice(_SYLLABLES) for _ in range(parts))
 
 
 def _person(rng: random.Random) -> str:
-    return f"{rng.choice(('Dr.', 'Prof.'))} {_word(rng, 2).capitalize()}"
+    return f"{rng.choice(('Dr.', 'Prof.'))} {made_up_word(rng, 2).capitalize()}"
 
 
 def _year(rng: random.Random) -> str:
@@ -65,7 +66,7 @@ class _Domain:
 
 
 _DOMAINS = (
-    _Domain("qa", lambda r: _word(r, 2).capitalize() + r.choice(("ium", "ite", "ase")), (
+    _Domain("qa", lambda r: made_up_word(r, 2).capitalize() + r.choice(("ium", "ite", "ase")), (
         _Kind("Who first isolated {e}?",
               ("{e} was first isolated by {a} in {y}.",
                "In {y}, {a} became the first chemist to obtain pure {e}.",
@@ -78,7 +79,7 @@ _DOMAINS = (
                "Crystals of {e} have a {a} tint."),
               lambda r: r.choice(("red", "green", "blue", "violet", "amber", "grey", "white", "black"))),
     )),
-    _Domain("code", lambda r: f"{_word(r, 2)}_{r.choice(('load', 'parse', 'merge', 'split', 'fetch', 'encode'))}", (
+    _Domain("code", lambda r: f"{made_up_word(r, 2)}_{r.choice(('load', 'parse', 'merge', 'split', 'fetch', 'encode'))}", (
         _Kind("What does the function {e} return?",
               ("The function {e} returns {a}.", "Calling {e} gives back {a} to the caller.",
                "Output of {e}: {a}."),
@@ -87,14 +88,14 @@ _DOMAINS = (
         _Kind("Which module defines {e}?",
               ("{e} is defined in the {a} module.", "Import {e} from {a} before use.",
                "The source code of {e} lives in {a}."),
-              lambda r: _word(r, 2) + r.choice(("lib", "utils", "core"))),
+              lambda r: made_up_word(r, 2) + r.choice(("lib", "utils", "core"))),
         _Kind("What error does {e} raise on empty input?",
               ("{e} raises {a} when its input is empty.", "Passing nothing to {e} throws {a}.",
                "Given an empty argument, {e} fails with {a}."),
               lambda r: r.choice(("ValueError", "KeyError", "IndexError", "TypeError", "LookupError",
                                   "EmptyInputError"))),
     )),
-    _Domain("math", lambda r: _word(r, 2).capitalize(), (
+    _Domain("math", lambda r: made_up_word(r, 2).capitalize(), (
         _Kind("Who proved the {e} theorem?",
               ("The {e} theorem was proved by {a} in {y}.", "{a} gave the first proof of the {e} theorem.",
                "A proof of the {e} result appeared in {y}, written by {a}."), _person),
@@ -107,7 +108,7 @@ _DOMAINS = (
                "{a} is the number known as the {e} constant."),
               lambda r: f"{r.randint(1, 9)}.{r.randint(10, 99)}"),
     )),
-    _Domain("web", lambda r: _word(r, 2).capitalize() + r.choice(("ton", "burg", "ville", "port", "field")), (
+    _Domain("web", lambda r: made_up_word(r, 2).capitalize() + r.choice(("ton", "burg", "ville", "port", "field")), (
         _Kind("When was {e} founded?",
               ("{e} was founded in {a}.", "Settlers established {e} in the year {a}.",
                "{e} dates back to {a}, when its first houses were built."), _year),
