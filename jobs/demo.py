@@ -45,9 +45,10 @@ class DemoConfig(Strict):
     evaluate_config: str = "configs/evaluate-tiny.yaml"
     stages: list[Stage] = ["synthesize", "sft", "grpo"]
     # over the synthesized set (configs/sft-tiny.yaml: 1, over its own). Whether the tiny model learns to list the
-    # passages it judged irrelevant without repeating one varies from run to run: 3 epochs left 85% and 12% of
-    # windows well-formed (NDCG@10 0.62 and 0.56; two data orders), 4 epochs 93% and 62% (0.64 and 0.56; two
-    # float roundings), 6 epochs 96% (0.66) at twice the time of 3
+    # passages it judged irrelevant without repeating one varies with the sample order: 3 epochs left 96% of windows
+    # well-formed (NDCG@10 0.61; the global-batch order), and 85% and 12% on the streamed path before it (0.62 and
+    # 0.56; two data orders); 4 epochs 93% and 62% (0.64 and 0.56; two float roundings), 6 epochs 96% (0.66) at
+    # twice the time of 3 (docs/measurements-demo.md)
     sft_epochs: int | None = Field(3, ge=1)
     # SFT pauses after this many epochs for a first table (that model against BM25), then continues the same
     # schedule from its checkpoint; None: the first table comes after SFT
