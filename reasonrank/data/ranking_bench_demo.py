@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reasonrank.data.demo import made_up_word
-from reasonrank.data.ranking_bench import CONFIGS, load_ranking_bench
+from reasonrank.data.ranking_bench import CONFIGS
 from reasonrank.data.tables import write_records
 
 TRAIN_PER_TASK, TEST_PER_TASK = 150, 50  # 300 train and 100 test items per family
@@ -152,9 +152,3 @@ def ensure_ranking_bench_demo(out_dir: str | Path, seed: int = 0) -> Path:
     files = [out_dir / config / f"{split}.parquet" for config in CONFIGS for split in ("train", "test")]
     return out_dir if all(f.is_file() for f in files) else write_ranking_bench_demo(out_dir, seed)
 
-
-def demo_texts(out_dir: str | Path) -> Iterator[str]:
-    """Every problem and candidate text of the set (what a tokenizer for it is trained on)."""
-    for item in load_ranking_bench(str(out_dir)):
-        yield item.problem
-        yield from item.candidates
