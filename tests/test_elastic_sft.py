@@ -134,6 +134,7 @@ GLOBAL_BATCH, MICRO_BATCH = 4, 1
 def _rank_main(rank: int, world_size: int, port: int, job: dict) -> None:
     """One rank: build the engine, maybe resume from `job["resume"]`, train `job["steps"]`, save when asked,
     and write each step's loss (mean over all ranks' micro-batches) to `job["losses"]`."""
+    import faulthandler
     import json
     import os
     from pathlib import Path
@@ -147,6 +148,7 @@ def _rank_main(rank: int, world_size: int, port: int, job: dict) -> None:
     from reasonrank.training.universal_checkpoint import needs_conversion, universal_copy
     from reasonrank.training.zero_config import build_ds_config
 
+    faulthandler.enable()  # a native abort (gloo, DeepSpeed) prints each thread's Python stack
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(world_size))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
@@ -178,6 +180,9 @@ def _rank_main(rank: int, world_size: int, port: int, job: dict) -> None:
             save_training_state(engine, job["save"], {"step": step})
     if rank == 0:
         Path(job["losses"]).write_text(json.dumps(losses))
+    # no rank closes its gloo connections while another may still be in a collective: a peer that goes away
+    # mid-operation makes gloo abort the process that is left (SIGABRT)
+    dist.barrier()
     dist.destroy_process_group()
 
 

@@ -23,6 +23,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -128,6 +130,19 @@ def _committed_checkpoints(out: Path) -> list[str]:
     return [d.name for d in (out / "checkpoints" / "run").glob("checkpoint_0*") if d.name in text]
 
 
+@contextmanager
+def _running(cmd: list[str], env: dict, log: Path) -> Iterator[subprocess.Popen]:
+    """The job `cmd` running against a local cluster, its output in `log`; killed if still running on exit."""
+    with log.open("w") as out:
+        job = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            yield job
+        finally:
+            if job.poll() is None:
+                job.kill()
+                job.wait()
+
+
 def _wait_past_a_checkpoint(out: Path, job: subprocess.Popen, timeout: float = 400) -> None:
     """Until a checkpoint is committed and the run has trained at least one step after it."""
     deadline = time.monotonic() + timeout
@@ -178,17 +193,11 @@ def test_a_preempted_worker_resumes_from_the_last_checkpoint(tmp_path, sft_set, 
         cmd = _job(sft_set, tiny_model_dir, tmp_path, **{
             "scaling.resources_per_worker": "{CPU: 1, trainer_slot: 1}", "scaling.max_failures": "3",
             "deepspeed.zero_stage": "3"})
-        log = (tmp_path / "job.log").open("w")
-        job = subprocess.Popen(cmd, cwd=REPO, env=cluster.env, stdout=log, stderr=subprocess.STDOUT)
-        try:
+        with _running(cmd, cluster.env, tmp_path / "job.log") as job:
             _wait_past_a_checkpoint(tmp_path, job)
             cluster.kill(spot)
             cluster.add_node(num_cpus=1, resources={"trainer_slot": 1}, name="replacement")
             assert job.wait(timeout=600) == 0, (tmp_path / "job.log").read_text()[-4000:]
-        finally:
-            if job.poll() is None:
-                job.kill()
-                job.wait()
     finally:
         cluster.shutdown()
     _assert_resumed_exactly(tmp_path)
@@ -313,11 +322,8 @@ def test_an_elastic_run_goes_on_with_the_workers_left_and_grows_back(tmp_path, s
         assert reference.returncode == 0, (tmp_path / "uninterrupted.log").read_text()[-4000:]
 
         out = tmp_path / "elastic"
-        log = (tmp_path / "elastic.log").open("w")
         started = time.monotonic()
-        job = subprocess.Popen(_job(sft_set, tiny_model_dir, out, **elastic), cwd=REPO, env=cluster.env,
-                               stdout=log, stderr=subprocess.STDOUT)
-        try:
+        with _running(_job(sft_set, tiny_model_dir, out, **elastic), cluster.env, tmp_path / "elastic.log") as job:
             _wait_past_a_checkpoint(out, job)
             cluster.kill(spot_b)
             killed = time.monotonic()
@@ -328,10 +334,6 @@ def test_an_elastic_run_goes_on_with_the_workers_left_and_grows_back(tmp_path, s
             cluster.add_node(num_cpus=1, resources={"trainer_slot": 1}, name="spot-b-back")
             assert job.wait(timeout=600) == 0, (tmp_path / "elastic.log").read_text()[-4000:]
             elastic_s = time.monotonic() - started
-        finally:
-            if job.poll() is None:
-                job.kill()
-                job.wait()
     finally:
         cluster.shutdown()
 
