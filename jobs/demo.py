@@ -45,10 +45,10 @@ class DemoConfig(Strict):
     evaluate_config: str = "configs/evaluate-tiny.yaml"
     stages: list[Stage] = ["synthesize", "sft", "grpo"]
     # over the synthesized set (configs/sft-tiny.yaml: 1, over its own). Whether the tiny model learns to list the
-    # passages it judged irrelevant without repeating one varies with the sample order: 3 epochs left 96% of windows
-    # well-formed (NDCG@10 0.61; the global-batch order), and 85% and 12% on the streamed path before it (0.62 and
-    # 0.56; two data orders); 4 epochs 93% and 62% (0.64 and 0.56; two float roundings), 6 epochs 96% (0.66) at
-    # twice the time of 3 (docs/measurements-demo.md)
+    # passages it judged irrelevant without repeating one still varies with the sample order: 3 epochs left 98.8%,
+    # 93.5% and 54.3% of windows well-formed on data orders 0-2 (NDCG@10 0.646, 0.667, 0.526; ids as tokens; with
+    # ids spelt digit by digit 96%, 17% and 10%), and 6 epochs gave 96% in twice the time of 3 on one order (ids
+    # digit by digit) (docs/measurements-demo.md)
     sft_epochs: int | None = Field(3, ge=1)
     # SFT pauses after this many epochs for a first table (that model against BM25), then continues the same
     # schedule from its checkpoint; None: the first table comes after SFT
