@@ -17,6 +17,10 @@ def test_verdict_walk_quotes_then_judges_each_passage():
         "[1] Zorvium melts at 40 degrees. yes. [2] Forum post: when? no. Relevant: [1]."
     assert verdict_walk(["a", "b", "c"], [False, True, True]).endswith("[3] c yes. Relevant: [2] [3].")
     assert verdict_walk(["a"], [False]) == "[1] a no. Relevant: none."
+    # with `others`, the recap names the rest too
+    assert verdict_walk(["a", "b", "c", "d"], [False, True, False, True], others=True).endswith(
+        "[4] d yes. Relevant: [2] [4]. Others: [1] [3].")
+    assert verdict_walk(["a"], [True], others=True) == "[1] a yes. Relevant: [1]. Others: none."
     with pytest.raises(ValueError, match="2 passages but 1 verdicts"):
         verdict_walk(["a", "b"], [True])
 

@@ -145,6 +145,35 @@ def test_at_rate_0_the_teacher_answers_exactly_as_without_the_error_model(train)
         request.candidates, dataset.qrels[request.query.qid])
 
 
+_CLOSING = re.compile(r"Relevant: ([^.]*)\.(?: Others: ([^.]*)\.)?$")
+
+
+def _ids(named: str | None) -> list[int]:
+    return [int(k) for k in re.findall(r"\d+", named or "")]
+
+
+@pytest.mark.parametrize("others_recap", [None, True])
+def test_the_listwise_reasoning_closes_with_a_recap_the_answer_copies(train, others_recap):
+    """By default (the demo's), the recap names the ids judged relevant and the answer lists them first; with
+    `others_recap`, it names the others too, and the answer is the one list then the other. Noisy verdicts, so the
+    recaps are not the labels' order."""
+    dataset, requests = train
+    teacher = _teacher(dataset, noise=0.3, others_recap=others_recap, reasoning_words=1)
+    differs = 0
+    for request in requests[:40]:
+        [listwise] = [it for it in teacher_items(request, "m", list_size=WINDOW) if it.kind == LISTWISE]
+        reasoning, answer = teacher.answer(list(listwise.messages))
+        relevant, others = (_ids(g) for g in _CLOSING.search(reasoning.strip()).groups())
+        order = [k + 1 for k in parse_ranking(f"<think>{reasoning}</think>{answer}", WINDOW).order]
+        assert order[:len(relevant)] == relevant
+        if others_recap:
+            assert order == relevant + others
+        else:
+            assert others == [] and "Others:" not in reasoning
+        differs += order != [k + 1 for k in gold_order(request.candidates, dataset.qrels[request.query.qid])]
+    assert differs >= 20
+
+
 def test_the_same_prompt_gets_the_same_misjudgements_and_another_seed_others(train):
     dataset, requests = train
     prompts = [list(it.messages) for r in requests[:100] for it in teacher_items(r, "m", list_size=WINDOW)]
@@ -228,6 +257,12 @@ def test_the_error_model_is_configured_under_teacher_simulation_errors_and_part_
                                                   "teacher.simulation.errors.swap": 0.02})
     assert erring.teacher.simulation.errors == TeacherErrors(missed_paraphrase=0.3, swap=0.02)
     assert results_fingerprint(erring) != results_fingerprint(default)  # a resume with other rates is refused
+    recap = load_config(demo, SynthesizeConfig, {**base, "teacher.simulation.others_recap": True})
+    assert results_fingerprint(recap) != results_fingerprint(default)  # and one with the other reasoning
+    # false is the default reasoning, and labels made before the key existed (no key: None) resume
+    said_false = load_config(demo, SynthesizeConfig, {**base, "teacher.simulation.others_recap": False})
+    assert results_fingerprint(said_false) == results_fingerprint(default)
+    assert results_fingerprint(default)["teacher.simulation.others_recap"] is None
     with pytest.raises(ConfigError, match="teacher.simulation.errors.fooled_by_echo"):
         load_config(demo, SynthesizeConfig, {**base, "teacher.simulation.errors.fooled_by_echo": 1.5})
     with pytest.raises(ConfigError, match="teacher.simulation.errors.missed"):

@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from reasonrank.config import Strict
 from reasonrank.prompt import SYSTEM_PROMPT, rewrite_brackets
@@ -49,6 +49,9 @@ class SimulationConfig(Strict):
     errors: TeacherErrors = TeacherErrors()  # misjudgements by wording, before `noise` (all rates 0: none)
     latency_s: float = Field(0.0, ge=0.0)
     reasoning_words: int = Field(40, ge=1)
+    # True: the reasoning's closing recap names the ids judged irrelevant too (the answer's tail); None (or false):
+    # the relevant ids only, as the demo does (docs/measurements-demo.md: measured over sample orders, not kept)
+    others_recap: bool | None = None
     inline_reasoning: float = Field(0.5, ge=0.0, le=1.0)  # share answered with <think> in the content
     fault_rate: float = Field(0.0, ge=0.0, le=1.0)  # share of requests that fault, spread over fault_kinds
     fail_first: int = Field(0, ge=0)  # besides: the first N attempts of every prompt fault (kinds in turn)
@@ -56,6 +59,11 @@ class SimulationConfig(Strict):
     retry_after_s: float = Field(0.2, ge=0.0)  # what a 429 asks the client to wait
     hang_s: float = Field(30.0, gt=0.0)  # how long a "timeout" fault keeps the request open
     seed: int = 0
+
+    @field_validator("others_recap")
+    @classmethod
+    def _false_is_the_default(cls, value: bool | None) -> bool | None:
+        return value or None  # one value for "relevant ids only", so labels made before the key existed resume
 
     def model_post_init(self, _context: Any) -> None:
         unknown = set(self.fault_kinds) - set(FAULT_KINDS)
@@ -276,10 +284,11 @@ class SimulatedTeacher:
         grades = {k: errors.judge(query, text, self._grade(qid, text), misjudging) for k, text in passages.items()}
         grades = {k: (0 if g > 0 else 1) if rng.random() < self.config.noise else g for k, g in grades.items()}
         order = errors.swapped(sorted(grades, key=lambda k: -grades[k]), misjudging)  # stable: ties keep prompt order
-        # each passage restated, then judged, in the prompt's order, then the ids judged relevant, as a reasoning
+        # each passage restated, then judged, in the prompt's order, then the ids of each verdict, as a reasoning
         # model walks a list before it ranks it (short and regular, so that a tiny student can learn from it)
         ids = sorted(passages)
-        reasoning = _pad(verdict_walk([passages[k] for k in ids], [grades[k] > 0 for k in ids]),
+        reasoning = _pad(verdict_walk([passages[k] for k in ids], [grades[k] > 0 for k in ids],
+                                        bool(self.config.others_recap)),
                          self.config.reasoning_words, rng)
         return reasoning, "<answer>" + " > ".join(f"[{k}]" for k in order) + "</answer>"
 

@@ -26,17 +26,21 @@ def gold_order(window: Sequence[Candidate], qrels: dict[str, int]) -> list[int]:
     return sorted(range(len(window)), key=lambda i: (-qrels.get(window[i].docid, 0), i))
 
 
-def verdict_walk(passages: Sequence[str], relevant: Sequence[bool]) -> str:
+def verdict_walk(passages: Sequence[str], relevant: Sequence[bool], others: bool = False) -> str:
     """Each passage quoted as the prompt shows it, then its verdict, in list order, then the ids judged
     relevant: `[1] <passage 1> no. [2] <passage 2> yes. … Relevant: [2].` (also the simulated teacher's
     reasoning). The closing recap sits next to the answer, so writing the rest of the ranking is a matter of
-    skipping the ids it names (without it the tiny model repeated ids in the answer's tail)."""
+    skipping the ids it names (without it the tiny model repeated ids in the answer's tail). `others` adds the
+    rest, `… Relevant: [2]. Others: [1] [3].`, so that the answer copies two lists; over sample orders it moved
+    the failures into the second list and lowered NDCG@10 (docs/measurements-demo.md), so the demo does not."""
     if len(passages) != len(relevant):
         raise ValueError(f"{len(passages)} passages but {len(relevant)} verdicts")
     walk = [f"[{i}] {text} {'yes' if r else 'no'}."
             for i, (text, r) in enumerate(zip(passages, relevant), start=1)]
-    named = " ".join(f"[{i}]" for i, r in enumerate(relevant, start=1) if r) or "none"
-    return " ".join([*walk, f"Relevant: {named}."])
+
+    def named(verdict: bool) -> str:
+        return " ".join(f"[{i}]" for i, r in enumerate(relevant, start=1) if r == verdict) or "none"
+    return " ".join([*walk, f"Relevant: {named(True)}.", *([f"Others: {named(False)}."] if others else [])])
 
 
 def templated_reasoning(window: Sequence[Candidate], qrels: dict[str, int],
