@@ -284,7 +284,7 @@ class SimulatedTeacher:
         grades = {k: errors.judge(query, text, self._grade(qid, text), misjudging) for k, text in passages.items()}
         grades = {k: (0 if g > 0 else 1) if rng.random() < self.config.noise else g for k, g in grades.items()}
         order = errors.swapped(sorted(grades, key=lambda k: -grades[k]), misjudging)  # stable: ties keep prompt order
-        # each passage restated, then judged, in the prompt's order, then the ids of each verdict, as a reasoning
+        # each passage restated, then judged, in the prompt's order, then the ids judged relevant, as a reasoning
         # model walks a list before it ranks it (short and regular, so that a tiny student can learn from it)
         ids = sorted(passages)
         reasoning = _pad(verdict_walk([passages[k] for k in ids], [grades[k] > 0 for k in ids],
