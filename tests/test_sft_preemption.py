@@ -305,7 +305,8 @@ def test_an_elastic_run_goes_on_with_the_workers_left_and_grows_back(tmp_path, s
     checkpoint on the worker left and trains on before the node comes back; when it does, the group grows to
     two again. Every step trains the same global batch (the same samples) as an uninterrupted run of the same
     config, and its loss stays within 1% of that run's."""
-    epochs = 4  # room for the two restarts (a shrink, a growth) before the end
+    epochs = 8  # room for the two restarts (a shrink, a growth) before the end: at 4, a fresh-clone run on a
+    # loaded machine once trained every step left on the one worker before the group grew back
     cluster = LocalRayCluster()
     try:
         cluster.start_head(num_cpus=2, resources={})  # the driver and Ray Data; no training slot
