@@ -7,6 +7,12 @@ Ranking with Strong Reasoning Ability", the reward of its RL stage).
 
 NDCG and Recall use binary relevance against the teacher-mined relevant ids; RBO compares the predicted
 docid order with the teacher's listwise order.
+
+`incomplete: completed` (not the paper's) scores an answer that is not exactly a permutation as the parser
+completes it, the ranking evaluation and serving use, less `incomplete_penalty`. With the paper's 0, a slip
+in an answer's tail costs as much as a wrong head: on the tiny demo model GRPO then learns to judge fewer
+passages relevant (a shorter head leaves fewer ids to skip in the tail) and greedy NDCG@10 falls while the
+sampled reward rises (docs/measurements-grpo.md).
 """
 from __future__ import annotations
 
@@ -29,6 +35,8 @@ class RewardWeights(Strict):
     recall: float = 0.2
     rbo: float = 0.1
     k: int = Field(10, ge=1)  # cutoff of NDCG and Recall
+    incomplete: Literal["zero", "completed"] = "zero"  # an answer that is not a permutation (module docstring)
+    incomplete_penalty: float = Field(0.1, ge=0.0)  # incomplete=completed: subtracted from its score
 
 
 @dataclass(frozen=True)
@@ -36,7 +44,7 @@ class RewardBreakdown:
     """The reward and the terms it was made of (zeros where the format rules decided it)."""
 
     reward: float
-    outcome: Literal["malformed", "not_a_permutation", "scored"]
+    outcome: Literal["malformed", "not_a_permutation", "scored"]  # not_a_permutation is scored too if completed
     ndcg: float = 0.0
     recall: float = 0.0
     rbo: float = 0.0
@@ -68,13 +76,15 @@ def reward_breakdown(response: str, initial_list: Sequence[str], relevant_docids
     if not has_think_then_answer(response):
         return RewardBreakdown(MALFORMED_REWARD, "malformed")
     parsed = parse_ranking(response, len(initial_list))
-    if not parsed.well_formed:
+    if not parsed.well_formed and weights.incomplete == "zero":
         return RewardBreakdown(NOT_A_PERMUTATION_REWARD, "not_a_permutation")
     pred = [initial_list[i] for i in parsed.order]
     ndcg = ndcg_term(pred, relevant_docids, weights.k)
     recall = recall_term(pred, relevant_docids, weights.k)
     rbo = rbo_term(pred, teacher_ranking)
     total = weights.ndcg * ndcg + weights.recall * recall + weights.rbo * rbo
+    if not parsed.well_formed:
+        return RewardBreakdown(total - weights.incomplete_penalty, "not_a_permutation", ndcg, recall, rbo)
     return RewardBreakdown(total, "scored", ndcg, recall, rbo)
 
 

@@ -79,3 +79,20 @@ def test_no_relevant_passage_leaves_only_the_rbo_term():
     # NDCG and Recall are 0 with nothing relevant (trec_eval); RBO vs teacher as above = 0.9 -> 0.09
     reward = multi_view_reward(_response("[3] > [1] > [5] > [2] > [4]"), WINDOW, [], TEACHER)
     assert reward == pytest.approx(0.09)
+
+
+@pytest.mark.parametrize("answer, completed", [
+    ("[3] > [1] > [5] > [2]", "[3] > [1] > [5] > [2] > [4]"),  # [4] missing: appended
+    ("[3] > [1] > [3] > [5] > [2] > [4]", "[3] > [1] > [5] > [2] > [4]"),  # the repeated [3] dropped
+    ("[5] > [2] > [9] > [1]", "[5] > [2] > [1] > [3] > [4]"),  # [9] ignored, [3] [4] appended
+])
+def test_an_incomplete_answer_can_be_scored_as_the_parser_completes_it_less_a_penalty(answer, completed):
+    weights = RewardWeights(incomplete="completed", incomplete_penalty=0.25)
+    parts = reward_breakdown(_response(answer), WINDOW, RELEVANT, TEACHER, weights)
+    whole = reward_breakdown(_response(completed), WINDOW, RELEVANT, TEACHER, weights)
+    assert parts.outcome == "not_a_permutation" and whole.outcome == "scored"
+    assert parts.reward == pytest.approx(whole.reward - 0.25) and parts.ndcg == whole.ndcg and parts.rbo == whole.rbo
+    assert parts.reward > 0.5  # not the paper's 0: its head holds a relevant passage
+    # a malformed response stays at -1, and the default is the paper's
+    assert reward_breakdown("<answer>[3]</answer>", WINDOW, RELEVANT, TEACHER, weights).reward == -1.0
+    assert multi_view_reward(_response(answer), WINDOW, RELEVANT, TEACHER) == 0.0

@@ -3,6 +3,7 @@ DRanker's one-shot list, IRanker's elimination step), through real reward actors
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -136,3 +137,24 @@ def test_reward_actors_score_a_mixed_batch_by_each_rows_task(ray_cluster):
                 for s, g, j, t, r in zip(samples, [1, 0, 0, 1], [0, 0, 1, 1], texts, scored)]
     half = (good.reward + 1.0) / 2
     assert grouped_advantages(rollouts, 2, 2, dr_grpo_advantages) == pytest.approx([0.5, half, -half, -0.5])
+
+
+def test_the_grpo_configs_reward_weights_reach_the_reward_actors(ray_cluster):
+    """`reward.weights.incomplete=completed` in a GRPO config changes what the reward actors give an answer that
+    is not a permutation: the paper's 0 by default, its completed ranking's score less the penalty with it."""
+    from actors.reward_worker import RewardPool
+    from reasonrank.config import load_config
+    from jobs.grpo_config import GRPOConfig
+
+    incomplete = "<think>b is it</think><answer>[2] > [1]</answer>"  # completed: b a c, the teacher's order
+    scores = {}
+    for setting in ("zero", "completed"):
+        cfg = load_config(Path(__file__).resolve().parent.parent / "configs" / "grpo-tiny.yaml", GRPOConfig, {"reward.weights.incomplete": setting})
+        pool = RewardPool(cfg.reward.weights, replicas=1)
+        try:
+            scores[setting] = pool.score([incomplete], [_window()])[0]
+        finally:
+            pool.close()
+    assert scores["zero"]["reward"] == 0.0 and scores["zero"]["outcome"] == "not_a_permutation"
+    assert scores["completed"]["reward"] == pytest.approx(1.0 + 0.2 + 0.1 - 0.1)  # NDCG, Recall, RBO 1; penalty 0.1
+    assert scores["completed"]["outcome"] == "not_a_permutation"
