@@ -143,13 +143,13 @@ def test_the_grpo_configs_reward_weights_reach_the_reward_actors(ray_cluster):
     """`reward.weights.incomplete=completed` in a GRPO config changes what the reward actors give an answer that
     is not a permutation: the paper's 0 by default, its completed ranking's score less the penalty with it."""
     from actors.reward_worker import RewardPool
-    from reasonrank.config import load_config
     from jobs.grpo_config import GRPOConfig
+    from reasonrank.config import load_config
 
     incomplete = "<think>b is it</think><answer>[2] > [1]</answer>"  # completed: b a c, the teacher's order
-    scores = {}
+    config, scores = Path(__file__).resolve().parent.parent / "configs" / "grpo-tiny.yaml", {}
     for setting in ("zero", "completed"):
-        cfg = load_config(Path(__file__).resolve().parent.parent / "configs" / "grpo-tiny.yaml", GRPOConfig, {"reward.weights.incomplete": setting})
+        cfg = load_config(config, GRPOConfig, {"reward.weights.incomplete": setting})
         pool = RewardPool(cfg.reward.weights, replicas=1)
         try:
             scores[setting] = pool.score([incomplete], [_window()])[0]
