@@ -47,7 +47,7 @@ def quoted(quote: str, shown: str) -> bool:
 
 def measure(windows_path: str, corpus: dict[str, str], qrels: dict[str, dict[str, int]]) -> Fidelity:
     from reasonrank import storage
-    from reasonrank.parsing import parse_ranking
+    from reasonrank.parsing import answer_ids, parse_ranking
 
     f = Fidelity()
     for w in storage.read_jsonl(windows_path):
@@ -58,7 +58,7 @@ def measure(windows_path: str, corpus: dict[str, str], qrels: dict[str, dict[str
         for position, index in enumerate(parse_ranking(w["response"], len(ranked)).order):
             shown[index] = ranked[position]
         relevant = {d for d in shown if qrels.get(w["qid"], {}).get(d, 0) > 0}
-        reasoning, _, recap_text = w["response"].partition("Relevant:")
+        reasoning = w["response"].partition("Relevant:")[0]
         f.windows += 1
         judged_yes = set()
         for k, quote, verdict in WALK_ENTRY.findall(reasoning):
@@ -73,9 +73,8 @@ def measure(windows_path: str, corpus: dict[str, str], qrels: dict[str, dict[str
             f.verdicts_irrelevant += docid not in relevant
             if verdict == "yes":
                 judged_yes.add(k)
-        recap = RECAP.search("Relevant:" + recap_text)
-        named = {int(k) for k in re.findall(r"\[(\d+)\]", recap.group(1))} if recap else set()
-        named = {k for k in named if 1 <= k <= len(shown)}
+        recap = RECAP.search(w["response"])
+        named = {k for k in answer_ids(recap.group(1)) if 1 <= k <= len(shown)} if recap else set()
         f.recap_is_walk += named == judged_yes
         f.recap_ids += len(named)
         f.recap_relevant += sum(shown[k - 1] in relevant for k in named)
